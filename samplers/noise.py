@@ -1,0 +1,12 @@
+"""Seeded Gaussian noise that is identical on every device: drawn on the CPU, then moved."""
+
+from __future__ import annotations
+
+import torch
+
+
+def seeded_noise(seed: int, shape: tuple[int, ...], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Same draws as ComfyUI's ``prepare_noise`` for a whole batch: one CPU generator seeded with ``seed``."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
