@@ -1,0 +1,55 @@
+"""Load and save the built-in model's weights (safetensors with the config in the metadata)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+from .dit import DiTConfig, TinyDiT
+
+MODEL_ID = "turbosample-builtin-emoji-v1"
+WEIGHTS = Path(__file__).with_name("builtin_emoji.safetensors")
+TRAINED_SIZES = (32, 64)
+DEFAULT_SIZE = 64
+
+
+def save_weights(model: TinyDiT, path: Path, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    meta = {"turbosample.model_id": MODEL_ID, "turbosample.config": json.dumps(model.config.to_dict()),
+            "turbosample.info": json.dumps(info)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+
+
+def read_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def load_model(path: str | Path | None = None) -> TinyDiT:
+    """The built-in DiT in eval mode; raises ValueError naming the problem for a foreign/corrupt file."""
+    from safetensors.torch import load_file
+
+    path = Path(path or os.environ.get("TURBOSAMPLE_BUILTIN_WEIGHTS") or WEIGHTS)
+    if not path.exists():
+        raise FileNotFoundError(f"built-in model weights not found at {path}")
+    meta = read_metadata(path)
+    if meta.get("turbosample.model_id") != MODEL_ID:
+        raise ValueError(f"{path} is not a {MODEL_ID} checkpoint (model id: {meta.get('turbosample.model_id')!r})")
+    model = TinyDiT(DiTConfig(**json.loads(meta["turbosample.config"])))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_model(path: str | None = None) -> TinyDiT:
+    """Shared read-only instance (the model holds no per-run state)."""
+    return load_model(path)
