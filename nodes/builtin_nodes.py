@@ -1,0 +1,118 @@
+"""The first nodes: built-in model loader, text encode, empty latent, sampler select, scheduler, sample, decode."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.builtin import DEFAULT_SIZE
+from ..samplers.denoiser import DiffusionModel, model_sampling_of
+from ..samplers.model_sampling import FlowSampling
+from ..samplers.registry import SAMPLERS, get_sampler
+from ..samplers.schedulers import SCHEDULERS, compute_sigmas
+from . import comfy_impl
+from .spec import NodeInputError, NodeSpec, Output, Param
+
+CATEGORY = "TurboSample"
+PATCH = 4
+MAX_SIZE = 256
+
+
+def load_builtin_model(flow_shift: float) -> tuple:
+    from ..models.builtin import MODEL_ID, cached_model
+
+    return (DiffusionModel(cached_model(), FlowSampling(shift=flow_shift), name=MODEL_ID),)
+
+
+def encode_text(text: str) -> tuple:
+    from ..models.text import encode_prompts
+
+    return ([[encode_prompts([text])[:, None, :], {}]],)
+
+
+def check_latent_size(width: int, height: int) -> None:
+    for name, v in (("width", width), ("height", height)):
+        if v % PATCH or not PATCH * 4 <= v <= MAX_SIZE:
+            raise NodeInputError(f"{name}={v}: the built-in model takes sizes that are multiples of {PATCH} "
+                                 f"from {PATCH * 4} to {MAX_SIZE} pixels (trained at 32 and 64)")
+
+
+def empty_latent(width: int, height: int, batch_size: int) -> tuple:
+    check_latent_size(width, height)
+    return ({"samples": torch.zeros(batch_size, 3, height, width)},)
+
+
+def select_sampler(sampler_name: str) -> tuple:
+    return (get_sampler(sampler_name),)
+
+
+def schedule(model, scheduler: str, steps: int, denoise: float) -> tuple:
+    return (compute_sigmas(model_sampling_of(model), scheduler, steps, denoise),)
+
+
+def sample(model, positive, negative, sampler, sigmas, latent_image, seed: int, cfg: float, callback=None,
+           cancel=None) -> tuple:
+    from ..samplers.run import sample as run_sample
+
+    if not isinstance(model, DiffusionModel):
+        raise NodeInputError("TurboSample Sample outside ComfyUI runs the built-in model only")
+    samples = run_sample(model, positive, negative, latent_image["samples"], sampler, sigmas, seed, cfg,
+                         callback=callback, cancel=cancel)
+    return ({**latent_image, "samples": samples.cpu()},)
+
+
+def latent_to_image(samples: torch.Tensor) -> torch.Tensor:
+    """Pixel-space latent in [-1, 1] (B, 3, H, W) -> ComfyUI IMAGE (B, H, W, 3) in [0, 1]."""
+    return ((samples.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+
+def decode(samples: dict) -> tuple:
+    x = samples["samples"]
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise NodeInputError(f"TurboSample Decode takes the built-in model's 3-channel pixel latents, got shape "
+                             f"{tuple(x.shape)}; use VAE Decode for other models")
+    if not torch.isfinite(x).all():
+        raise NodeInputError("the latent to decode contains NaN or infinite values")
+    return (latent_to_image(x),)
+
+
+SEED = Param("seed", "INT", 0, 0, 2**64 - 1, seed=True, tooltip="Noise seed; the same seed gives the same image.")
+
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("TurboSampleBuiltinModelLoader", "TurboSample Built-in Model", CATEGORY,
+             "Loads the built-in emoji DiT (rectified flow, trained by this project, no download).",
+             (Param("flow_shift", "FLOAT", 1.0, 0.1, 20.0, 0.05,
+                    tooltip="Constant SD3-style timestep shift; > 1 spends more steps at high noise."),),
+             (Output("MODEL", "MODEL"),), load_builtin_model, comfy_fn=comfy_impl.load_builtin_model),
+    NodeSpec("TurboSampleBuiltinTextEncode", "TurboSample Built-in Text Encode", CATEGORY,
+             "Encodes a prompt for the built-in model; an empty prompt is the CFG null condition.",
+             (Param("text", "STRING", "", multiline=True, tooltip="Prompt, e.g. an emoji name."),),
+             (Output("CONDITIONING", "CONDITIONING"),), encode_text),
+    NodeSpec("TurboSampleEmptyLatent", "TurboSample Empty Latent", CATEGORY,
+             "An empty pixel-space latent for the built-in model.",
+             (Param("width", "INT", DEFAULT_SIZE, PATCH * 4, MAX_SIZE, PATCH, tooltip="Width in pixels."),
+              Param("height", "INT", DEFAULT_SIZE, PATCH * 4, MAX_SIZE, PATCH, tooltip="Height in pixels."),
+              Param("batch_size", "INT", 1, 1, 64, tooltip="Images per run.")),
+             (Output("LATENT", "LATENT"),), empty_latent),
+    NodeSpec("TurboSampleSamplerSelect", "TurboSample Sampler", CATEGORY,
+             "Chooses a sampler (SAMPLER for SamplerCustom/SamplerCustomAdvanced).",
+             (Param("sampler_name", "COMBO", "euler", choices=lambda: list(SAMPLERS),
+                    tooltip="Sampling method; the label shows model calls per step."),),
+             (Output("SAMPLER", "SAMPLER"),), select_sampler, comfy_fn=comfy_impl.select_sampler),
+    NodeSpec("TurboSampleScheduler", "TurboSample Scheduler", CATEGORY,
+             "Sigma schedule for a model (SIGMAS).",
+             (Param("model", "MODEL"),
+              Param("scheduler", "COMBO", "simple", choices=lambda: list(SCHEDULERS), tooltip="Schedule shape."),
+              Param("steps", "INT", 28, 1, 1000, tooltip="Sampling steps."),
+              Param("denoise", "FLOAT", 1.0, 0.01, 1.0, 0.01, tooltip="Fraction of the schedule to run.")),
+             (Output("SIGMAS", "SIGMAS"),), schedule),
+    NodeSpec("TurboSampleSample", "TurboSample Sample", CATEGORY,
+             "Samples a latent with classifier-free guidance.",
+             (Param("model", "MODEL"), Param("positive", "CONDITIONING"), Param("negative", "CONDITIONING"),
+              Param("sampler", "SAMPLER"), Param("sigmas", "SIGMAS"), Param("latent_image", "LATENT"), SEED,
+              Param("cfg", "FLOAT", 4.0, 0.0, 30.0, 0.1, tooltip="Classifier-free guidance scale (1 = off).")),
+             (Output("LATENT", "LATENT"),), sample, comfy_fn=comfy_impl.sample),
+    NodeSpec("TurboSampleDecode", "TurboSample Decode", CATEGORY,
+             "Turns the built-in model's pixel-space latent into an IMAGE.",
+             (Param("samples", "LATENT"),), (Output("IMAGE", "IMAGE"),), decode),
+)
+
