@@ -1,0 +1,190 @@
+"""Gradio web app on the built-in model; its controls come from the node declarations.
+
+Each Generate click runs the same text-to-image workflow that ComfyUI runs, in a worker thread that
+streams previews; Stop cancels it. Settings save/load as ComfyUI workflow JSON (or PNGs with metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ..nodes.pipeline import generate, save_png, workflow_from_png
+from ..nodes.settings_params import HELP, LABELS, setting_params
+from ..nodes.spec import NodeInputError, Param
+from ..nodes.txt2img import Settings, settings_from_api, to_api_prompt, to_ui_workflow
+from ..nodes.workflow import WorkflowError, parse_json, to_api
+from ..samplers.registry import SAMPLERS
+
+# settings shown in the main column; the rest go into the "Settings" accordion
+MAIN = ("prompt", "negative_prompt")
+ORDER = ("prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height", "sampler", "scheduler",
+         "flow_shift", "batch_size", "denoise", "filename_prefix")
+PREVIEW_EVERY = 1
+
+
+def make_component(gr, setting: str, p: Param, value):
+    """A Gradio control for one setting, with the declaration's range and tooltip and the app's default."""
+    label = LABELS.get(setting, p.title)
+    common = {"label": label, "info": HELP.get(setting, p.tooltip) or None, "elem_id": setting, "value": value}
+    if p.type == "STRING":
+        return gr.Textbox(lines=2 if p.multiline else 1, **common)
+    if p.type == "COMBO":
+        choices = p.options()
+        if setting == "sampler":
+            choices = [(f"{n} ({SAMPLERS[n].calls_per_step:g} call/step)", n) for n in choices]
+        return gr.Dropdown(choices=choices, **common)
+    if p.seed or p.max is None or p.max - (p.min or 0) > 10_000:
+        return gr.Number(minimum=p.min, maximum=p.max, precision=0 if p.type == "INT" else None, **common)
+    step = p.step or (1 if p.type == "INT" else 0.01)
+    return gr.Slider(minimum=p.min, maximum=p.max, step=step, **common)
+
+
+def settings_from_values(values: list) -> Settings:
+    """Settings from component values in ORDER, checked against the declarations (clear errors)."""
+    params = setting_params()
+    checked = {}
+    for setting, value in zip(ORDER, values, strict=True):
+        p = params[setting]
+        if p.type == "INT" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        checked[setting] = p.coerce(value, where=LABELS.get(setting, p.title))
+    settings = Settings.from_dict(checked)
+    to_api_prompt(settings)  # whole-graph check before any work starts
+    return settings
+
+
+def values_from_settings(settings: Settings) -> list:
+    data = settings.to_dict()
+    return [data[s] for s in ORDER]
+
+
+def run_generation(values: list, progress=None):
+    """Generator for the Generate button: yields (preview, gallery, status, last_png)."""
+    import gradio as gr
+
+    try:
+        settings = settings_from_values(values)
+    except (NodeInputError, WorkflowError, ValueError) as exc:
+        raise gr.Error(str(exc)) from None
+    events: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+    result: dict = {}
+
+    def on_step(i: int, total: int, preview) -> None:
+        events.put(("step", i, total, preview))
+
+    def work() -> None:
+        try:
+            result["images"] = generate(settings, on_step=on_step, cancel=cancel)
+        except BaseException as exc:  # reported to the UI thread
+            result["error"] = exc
+        finally:
+            events.put(("done",))
+
+    start = time.time()
+    worker = threading.Thread(target=work, daemon=True, name="turbosample-generate")
+    worker.start()
+    try:
+        while True:
+            event = events.get()
+            if event[0] == "done":
+                break
+            _, i, total, preview = event
+            if progress is not None:
+                progress((i, total), desc="sampling")
+            if i % PREVIEW_EVERY == 0 or i == total:
+                from ..nodes.pipeline import tensor_to_pil
+
+                yield tensor_to_pil(preview[:1])[0], gr.skip(), f"step {i}/{total}", gr.skip()
+    finally:
+        cancel.set()  # stops the worker if the client went away or pressed Stop
+    worker.join()
+    if "error" in result:
+        raise gr.Error(f"generation failed: {result['error']}") from None
+    out_dir = Path(tempfile.mkdtemp(prefix="turbosample-"))
+    paths = [str(save_png(img, out_dir / f"{settings.filename_prefix}_{k + 1:03d}.png", settings))
+             for k, img in enumerate(result["images"])]
+    status = f"done in {time.time() - start:.1f} s ({len(paths)} image(s), seed {settings.seed})"
+    yield result["images"][0], paths, status, paths[0]
+
+
+def write_workflow(values: list, api_format: bool) -> str:
+    import gradio as gr
+
+    try:
+        settings = settings_from_values(values)
+    except (NodeInputError, WorkflowError, ValueError) as exc:
+        raise gr.Error(str(exc)) from None
+    data = to_api_prompt(settings) if api_format else to_ui_workflow(settings)
+    suffix = "_api.json" if api_format else ".json"
+    path = Path(tempfile.mkdtemp(prefix="turbosample-wf-")) / f"{settings.filename_prefix}{suffix}"
+    path.write_text(json.dumps(data, indent=2))
+    return str(path)
+
+
+def read_workflow(path: str) -> list:
+    """Control values from an uploaded workflow JSON (UI or API format) or a PNG carrying one."""
+    import gradio as gr
+
+    try:
+        file = Path(path)
+        data = workflow_from_png(file) if file.suffix.lower() == ".png" else parse_json(file.read_bytes())
+        settings = settings_from_api(to_api(data))
+    except (WorkflowError, NodeInputError, ValueError, OSError) as exc:
+        raise gr.Error(f"cannot load workflow: {exc}") from None
+    return values_from_settings(settings)
+
+
+def build_demo():
+    import gradio as gr
+
+    params = setting_params()
+    defaults = Settings().to_dict()
+    with gr.Blocks(title="TurboSample") as demo:
+        gr.Markdown("# TurboSample\nText to image on the built-in model (runs offline). "
+                    "Settings save as ComfyUI workflows and load back.")
+        components = {}
+        with gr.Row():
+            with gr.Column(scale=1):
+                for s in MAIN:
+                    components[s] = make_component(gr, s, params[s], defaults[s])
+                with gr.Row():
+                    run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", elem_id="stop")
+                with gr.Accordion("Settings", open=True):
+                    for s in ORDER:
+                        if s not in MAIN:
+                            components[s] = make_component(gr, s, params[s], defaults[s])
+                with gr.Row():
+                    save_ui = gr.DownloadButton("Save workflow", elem_id="save_workflow")
+                    save_api = gr.DownloadButton("Save API JSON", elem_id="save_api")
+                    load = gr.UploadButton("Load workflow / PNG", file_types=[".json", ".png"],
+                                           elem_id="load_workflow")
+            with gr.Column(scale=1):
+                preview = gr.Image(label="Preview", format="png", type="pil", elem_id="preview", interactive=False,
+                                   height=288)
+                gallery = gr.Gallery(label="Images", format="png", columns=4, elem_id="gallery")
+                status = gr.Textbox(label="Status", interactive=False, elem_id="status")
+                last_png = gr.File(label="PNG with workflow", elem_id="png_file")
+        inputs = [components[s] for s in ORDER]
+
+        def on_generate(*values, progress=gr.Progress()):
+            yield from run_generation(list(values), progress)
+
+        event = run_btn.click(on_generate, inputs, [preview, gallery, status, last_png], api_name="generate",
+                              concurrency_limit=1, concurrency_id="sampler")
+        stop_btn.click(None, None, None, cancels=[event], api_name=False)
+        save_ui.click(lambda *v: write_workflow(list(v), False), inputs, save_ui, api_name="save_workflow")
+        save_api.click(lambda *v: write_workflow(list(v), True), inputs, save_api, api_name="save_api")
+        load.upload(read_workflow, load, inputs, api_name="load_workflow")
+    demo.queue(max_size=16, default_concurrency_limit=1)
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs):
+    return build_demo().launch(server_name=host, server_port=port, share=share, **kwargs)
