@@ -1,0 +1,107 @@
+"""Built-in model benchmark: wall time of the default text-to-image run and prompt fidelity for the model card.
+
+    python bench/bench_builtin.py --threads 2 --out bench/out/builtin.json
+
+Speed: median wall time of the default settings (64x64, 28 steps, CFG) over several runs on this CPU.
+Fidelity: for emoji names drawn with a fixed seed, each generated image is ranked against all training
+images by pixel MSE (at 32x32); top-k = how often the named emoji is among the k nearest. Paraphrased
+prompts check free-form text. Chance level for top-1 is 1 / number of images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from turbosample.models.emoji_data import fetch_package, load_emoji
+from turbosample.nodes.pipeline import generate
+from turbosample.nodes.txt2img import Settings
+
+PARAPHRASES = {"kitty": "cat face", "a red apple": "red apple", "pizza": "slice of pizza",
+               "happy smiling face": "smiling face with smiling eyes", "flag of japan": "japan flag",
+               "a rocket ship": "rocket", "sad face": "disappointed face", "puppy": "dog face",
+               "big red heart": "heavy black heart", "sunflower": "sunflower"}
+
+
+def time_default(runs: int) -> dict:
+    settings = Settings()
+    generate(settings)  # warm-up: loads the model and the text encoder
+    times = []
+    for i in range(runs):
+        start = time.perf_counter()
+        generate(Settings(seed=i))
+        times.append(time.perf_counter() - start)
+    return {"settings": settings.to_dict(), "runs": runs, "median_s": statistics.median(times),
+            "min_s": min(times), "max_s": max(times)}
+
+
+def rank_of_targets(images: torch.Tensor, generated: torch.Tensor, targets: list[int]) -> list[int]:
+    ref = F.interpolate(images, size=(32, 32), mode="area").flatten(1)
+    gen = F.interpolate(generated, size=(32, 32), mode="area").flatten(1)
+    dists = torch.cdist(gen, ref)
+    return [int((dists[i] < dists[i, t]).sum()) for i, t in enumerate(targets)]
+
+
+def generate_batch(prompts: list[str], cfg: float, steps: int, size: int, seed: int) -> torch.Tensor:
+    out = []
+    for k, prompt in enumerate(prompts):
+        img = generate(Settings(prompt=prompt, cfg=cfg, steps=steps, width=size, height=size, seed=seed + k))[0]
+        out.append(torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 127.5 - 1)
+    return torch.stack(out)
+
+
+def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list[int], seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    picks = rng.sample(range(len(prompts)), n)
+    names = [prompts[i][0] for i in picks]
+    first = {variants[0]: i for i, variants in reversed(list(enumerate(prompts)))}
+    para = [(p, first[t]) for p, t in PARAPHRASES.items() if t in first]
+    rows = []
+    for size in sizes:
+        for cfg in cfgs:
+            start = time.perf_counter()
+            ranks = rank_of_targets(images, generate_batch(names, cfg, steps, size, seed), picks)
+            para_ranks = rank_of_targets(images, generate_batch([p for p, _ in para], cfg, steps, size, seed),
+                                         [t for _, t in para])
+            rows.append({"size": size, "cfg": cfg, "steps": steps, "n": n,
+                         "top1": sum(r == 0 for r in ranks) / n, "top10": sum(r < 10 for r in ranks) / n,
+                         "median_rank": statistics.median(ranks),
+                         "paraphrase_top10": sum(r < 10 for r in para_ranks) / len(para),
+                         "paraphrase_median_rank": statistics.median(para_ranks), "n_paraphrase": len(para),
+                         "seconds": round(time.perf_counter() - start, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--n", type=int, default=100, help="emoji names to generate per setting")
+    ap.add_argument("--cfg", type=float, nargs="+", default=[1.0, 2.0, 4.0, 6.0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 32])
+    ap.add_argument("--steps", type=int, default=28)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-cache", default=str(Path.home() / ".cache" / "turbosample" / "emoji"))
+    ap.add_argument("--out", default="bench/out/builtin.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    images, prompts, _ = load_emoji(fetch_package(Path(args.data_cache)))
+    result = {"threads": args.threads, "timing": time_default(args.runs)}
+    print(json.dumps(result["timing"]), flush=True)
+    result["fidelity"] = fidelity(images, prompts, args.n, args.cfg, args.steps, args.sizes, args.seed)
+    result["chance_top1"] = 1 / len(prompts)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Picture for the README: default settings, one image per prompt, captioned.
+
+    python bench/make_grid.py --out docs/samples.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from turbosample.nodes.pipeline import generate
+from turbosample.nodes.txt2img import Settings
+
+PROMPTS = ["grinning face", "cat face", "red apple", "japan flag", "rocket", "slice of pizza", "sunflower",
+           "thumbs up sign", "kitty", "a happy smiling face", "puppy", "big red heart"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="docs/samples.png")
+    ap.add_argument("--scale", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    tiles = [(p, generate(Settings(prompt=p, seed=args.seed))[0]) for p in PROMPTS]
+    w, h = tiles[0][1].size
+    cell_w, cell_h = w * args.scale + 24, h * args.scale + 22
+    cols = 6
+    rows = (len(tiles) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (prompt, img) in enumerate(tiles):
+        x, y = (k % cols) * cell_w, (k // cols) * cell_h
+        sheet.paste(img.resize((w * args.scale, h * args.scale), Image.NEAREST), (x + 12, y + 2))
+        draw.text((x + 4, y + h * args.scale + 6), prompt[:22], fill="black")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The Gradio app, driven through gradio_client against a real local server."""
+
+import json
+import threading
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from turbosample.web.app import ORDER, build_demo
+
+DEFAULTS = {"prompt": "grinning face", "negative_prompt": "", "seed": 3, "steps": 3, "cfg": 4.0, "width": 32,
+            "height": 32, "sampler": "euler", "scheduler": "simple", "flow_shift": 1.0, "batch_size": 1,
+            "denoise": 1.0, "filename_prefix": "test"}
+
+
+def values(**overrides):
+    merged = {**DEFAULTS, **overrides}
+    return [merged[k] for k in ORDER]
+
+
+@pytest.fixture(scope="module")
+def url():
+    demo = build_demo()
+    _, local_url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    yield local_url
+    demo.close()
+
+
+def test_generate_streams_previews_and_returns_png_with_workflow(url):
+    client = Client(url, verbose=False)
+    job = client.submit(*values(), api_name="/generate")
+    outputs = list(job)
+    statuses = [o[2] for o in outputs]
+    assert any(s.startswith("step 1/3") for s in statuses)
+    assert statuses[-1].startswith("done in")
+    png = Image.open(outputs[-1][3])
+    assert png.size == (32, 32)
+    workflow = json.loads(png.text["workflow"])
+    assert any(n["type"] == "TurboSampleSample" for n in workflow["nodes"])
+
+
+def test_save_and_load_workflow_round_trip(url):
+    client = Client(url, verbose=False)
+    path = client.predict(*values(prompt="cat face", seed=99, steps=7), api_name="/save_workflow")
+    loaded = client.predict(handle_file(path), api_name="/load_workflow")
+    assert dict(zip(ORDER, loaded, strict=True))["prompt"] == "cat face"
+    assert dict(zip(ORDER, loaded, strict=True))["seed"] == 99
+    api_path = client.predict(*values(), api_name="/save_api")
+    assert "class_type" in json.loads(open(api_path).read())["1"]
+
+
+def test_bad_input_gives_a_clear_error(url, tmp_path):
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="Width must be 16 plus a multiple of 4"):
+        client.predict(*values(width=30), api_name="/generate")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"nodes": [1], "links": []}')
+    with pytest.raises(Exception, match="cannot load workflow"):
+        client.predict(handle_file(str(bad)), api_name="/load_workflow")
+
+
+def test_two_users_at_once_get_their_own_results(url):
+    results = {}
+
+    def run(seed):
+        client = Client(url, verbose=False)
+        results[seed] = Image.open(client.predict(*values(seed=seed), api_name="/generate")[3]).tobytes()
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (11, 12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert set(results) == {11, 12}
+    assert results[11] != results[12]
+    run(11)  # the same seed alone gives the same image: nothing leaked between the two runs
+    assert Image.open(Client(url, verbose=False).predict(*values(seed=11), api_name="/generate")[3]).tobytes() \
+        == results[11]

@@ -1,0 +1,204 @@
+"""Acceptance test against a real ComfyUI: set COMFYUI_DIR to a checkout (COMFYUI_PYTHON to its interpreter).
+
+Starts ComfyUI on the CPU with this pack in ``custom_nodes``, checks ``/object_info`` lists every node with
+its declared inputs, queues each shipped API workflow through ``/prompt`` to success, and runs the built-in
+MODEL through ComfyUI's own KSampler; the image must match the standalone pipeline's for the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").exists(),
+    reason="COMFYUI_DIR is not set to a ComfyUI checkout; the ComfyUI acceptance test needs one")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url: str, data: dict | None = None) -> dict:
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{url}: HTTP {exc.code}: {exc.read().decode()[:2000]}") from None
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "turbosample-pack").symlink_to(ROOT, target_is_directory=True)
+    port = free_port()
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    log = open(base / "comfyui.log", "w")
+    proc = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--base-directory", str(base), "--disable-auto-launch"],
+                            cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                raise AssertionError(f"ComfyUI exited:\n{(base / 'comfyui.log').read_text()[-4000:]}")
+            try:
+                http(f"{url}/system_stats")
+                break
+            except (OSError, AssertionError):
+                time.sleep(1)
+        else:
+            raise AssertionError("ComfyUI did not start in 240 s")
+        yield url, base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def run_prompt(url: str, prompt: dict, timeout: float = 300) -> dict:
+    reply = http(f"{url}/prompt", {"prompt": prompt, "client_id": "turbosample-test"})
+    assert not reply.get("node_errors"), reply
+    prompt_id = reply["prompt_id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = http(f"{url}/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            entry = history[prompt_id]
+            assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+            return entry
+        time.sleep(0.5)
+    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+def saved_images(base: Path, entry: dict) -> list[Path]:
+    paths = []
+    for out in entry["outputs"].values():
+        for img in out.get("images", []):
+            paths.append(base / "output" / img.get("subfolder", "") / img["filename"])
+    return paths
+
+
+def test_object_info_lists_every_node_with_its_inputs(comfy):
+    from turbosample.nodes.registry import NODES
+
+    url, _ = comfy
+    info = http(f"{url}/object_info")
+    for spec in NODES:
+        assert spec.node_id in info, f"{spec.node_id} missing from /object_info"
+        declared = info[spec.node_id]["input"]["required"]
+        assert list(declared) == [p.name for p in spec.inputs]
+        assert info[spec.node_id]["output"] == [o.type for o in spec.outputs]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "workflows" / "api").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_workflows_run(comfy, path):
+    url, base = comfy
+    entry = run_prompt(url, json.loads(path.read_text()))
+    images = saved_images(base, entry)
+    assert images and all(p.exists() for p in images)
+
+
+def test_builtin_model_runs_in_core_ksampler_and_matches_standalone(comfy):
+    from turbosample.nodes.pipeline import generate
+    from turbosample.nodes.txt2img import Settings
+
+    url, base = comfy
+    settings = Settings(prompt="red apple", seed=5, steps=6, cfg=3.0, width=32, height=32)
+    prompt = {
+        "1": {"class_type": "TurboSampleBuiltinModelLoader", "inputs": {"flow_shift": 1.0}},
+        "2": {"class_type": "TurboSampleBuiltinTextEncode", "inputs": {"text": settings.prompt}},
+        "3": {"class_type": "TurboSampleBuiltinTextEncode", "inputs": {"text": ""}},
+        "4": {"class_type": "TurboSampleEmptyLatent", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
+                                                   "latent_image": ["4", 0], "seed": 5, "steps": 6, "cfg": 3.0,
+                                                   "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "6": {"class_type": "TurboSampleDecode", "inputs": {"samples": ["5", 0]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "ksampler"}},
+    }
+    (image_path,) = saved_images(base, run_prompt(url, prompt))
+    theirs = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.int16)
+    ours = np.asarray(generate(settings)[0], dtype=np.int16)
+    assert np.abs(theirs - ours).max() <= 2  # same noise, same Euler steps, two sampling loops
+
+
+def test_comfy_samplers_accept_the_builtin_model(comfy):
+    url, base = comfy
+    prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
+    prompt["5"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}}
+    prompt["6"]["inputs"].update(steps=6)
+    entry = run_prompt(url, prompt)
+    assert saved_images(base, entry)
+
+
+def test_bad_input_is_reported_by_comfyui(comfy):
+    url, _ = comfy
+    prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
+    prompt["4"]["inputs"].update(width=30)
+    reply = http(f"{url}/prompt", {"prompt": prompt, "client_id": "turbosample-test"})
+    prompt_id = reply["prompt_id"]
+    for _ in range(120):
+        history = http(f"{url}/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+            break
+        time.sleep(0.5)
+    status = history[prompt_id]["status"]
+    assert status["status_str"] == "error"
+    assert "width must be 16 plus a multiple of 4, got 30" in json.dumps(status["messages"])
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")
+@pytest.mark.parametrize("path", sorted((ROOT / "workflows").glob("*.json")), ids=lambda p: p.name)
+def test_comfyui_frontend_opens_ui_workflow_as_our_api_prompt(comfy, path):
+    """ComfyUI's own web app loads the UI-format file and converts it to the prompt we ship."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = comfy
+    ui = json.loads(path.read_text())
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=flags)
+        page = browser.new_page()
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
+        prompt = page.evaluate("""async (wf) => {
+            await window.app.loadGraphData(wf);
+            return (await window.app.graphToPrompt()).output;
+        }""", ui)
+        browser.close()
+    ours = json.loads((ROOT / "workflows" / "api" / path.name).read_text())
+    strip = lambda api: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}  # noqa: E731
+    assert strip(prompt) == strip(ours)
+
+
+def test_schedules_and_samplers_match_comfyui_implementations():
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    out = subprocess.run([python, str(ROOT / "tests" / "comfy_oracle.py"), str(ROOT)], cwd=COMFYUI_DIR,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    diffs = json.loads(out.stdout.strip().splitlines()[-1])
+    bad = {k: v for k, v in diffs.items() if not v <= 1e-5}
+    assert not bad, bad

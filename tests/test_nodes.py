@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from turbosample.nodes.builtin_nodes import decode, empty_latent
+from turbosample.nodes.registry import NODE_BY_ID, NODES
+from turbosample.nodes.spec import NodeInputError
+
+
+def test_node_ids_are_prefixed_and_unique():
+    ids = [n.node_id for n in NODES]
+    assert len(ids) == len(set(ids))
+    assert all(i.startswith("TurboSample") for i in ids)
+    for spec in NODES:
+        for p in spec.widgets:
+            if p.type != "COMBO":
+                p.coerce(p.default)  # every default is valid for its own declaration
+            else:
+                assert p.default in p.options()
+
+
+@pytest.mark.parametrize("value, message", [
+    (0, ">= 1"), (1001, "<= 1000"), (2.5, "type INT"), ("x", "type INT"), (True, "type INT")])
+def test_int_input_errors(value, message):
+    steps = NODE_BY_ID["TurboSampleScheduler"].param("steps")
+    with pytest.raises(NodeInputError, match=message):
+        steps.coerce(value)
+
+
+def test_float_input_rejects_nan():
+    cfg = NODE_BY_ID["TurboSampleSample"].param("cfg")
+    with pytest.raises(NodeInputError, match="finite"):
+        cfg.coerce(float("nan"))
+
+
+def test_empty_latent_and_size_errors():
+    (latent,) = empty_latent(48, 32, 2)
+    assert latent["samples"].shape == (2, 3, 32, 48)
+    with pytest.raises(NodeInputError, match="multiples of 4"):
+        empty_latent(30, 32, 1)
+    with pytest.raises(NodeInputError, match="from 16 to 256"):
+        empty_latent(512, 64, 1)
+    with pytest.raises(NodeInputError, match="missing input"):
+        NODE_BY_ID["TurboSampleEmptyLatent"].run(width=32)
+
+
+def test_decode_maps_pixels_and_refuses_foreign_latents():
+    x = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    (img,) = decode({"samples": x})
+    assert img.shape == (1, 4, 4, 3)
+    torch.testing.assert_close(img[0, 0, 0], torch.tensor([0.0, 0.5, 1.0]))
+    with pytest.raises(NodeInputError, match="VAE Decode"):
+        decode({"samples": torch.zeros(1, 4, 8, 8)})
+    with pytest.raises(NodeInputError, match="NaN"):
+        decode({"samples": torch.full((1, 3, 4, 4), float("nan"))})

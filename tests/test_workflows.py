@@ -1,0 +1,105 @@
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from turbosample.nodes.txt2img import SHIPPED, Settings, settings_from_api, to_api_prompt, to_ui_workflow
+from turbosample.nodes.workflow import WorkflowError, check_api, known_specs, parse_json, to_api, ui_to_api
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+UI_FILES = sorted(WORKFLOWS.glob("*.json"))
+API_DIR = WORKFLOWS / "api"
+
+
+def strip_meta(api: dict) -> dict:
+    return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
+
+
+def test_every_shipped_workflow_has_an_api_copy():
+    assert UI_FILES, "no shipped workflows"
+    for ui in UI_FILES:
+        assert (API_DIR / ui.name).exists(), ui
+    assert sorted(p.name for p in API_DIR.glob("*.json")) == [p.name for p in UI_FILES]
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_shipped_workflow_matches_node_declarations(path):
+    ui = json.loads(path.read_text())
+    specs = known_specs()
+    # node types exist and widget values line up with the declared widget inputs, in order and in range
+    api = ui_to_api(ui)
+    for node in ui["nodes"]:
+        assert node["type"] in specs
+    # links type-check: the link's type equals both the output's and the input's declared type
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, link_type in ui["links"]:
+        out_type = specs[nodes[src]["type"]].outputs[src_slot].type
+        in_slot = nodes[dst]["inputs"][dst_slot]
+        assert in_slot["link"] == link_id
+        assert link_type == out_type == specs[nodes[dst]["type"]].param(in_slot["name"]).type
+    # the API copy is the same graph
+    api_copy = json.loads((API_DIR / path.name).read_text())
+    assert strip_meta(check_api(api_copy)) == strip_meta(api)
+
+
+def test_shipped_files_are_current():
+    for name, settings in SHIPPED.items():
+        assert json.loads((WORKFLOWS / f"{name}.json").read_text()) == to_ui_workflow(settings)
+        assert json.loads((API_DIR / f"{name}.json").read_text()) == to_api_prompt(settings)
+
+
+def test_settings_round_trip_through_both_formats():
+    s = Settings(prompt="cat face", negative_prompt="blurry", seed=123456789012, steps=9, cfg=2.5, width=48,
+                 height=32, sampler="euler", scheduler="karras", flow_shift=2.0, batch_size=2, denoise=0.8)
+    assert settings_from_api(ui_to_api(to_ui_workflow(s))) == s
+    assert settings_from_api(to_api(to_api_prompt(s))) == s
+    assert settings_from_api(to_api({"prompt": to_api_prompt(s)})) == s
+
+
+def broken(mutate):
+    ui = to_ui_workflow(Settings())
+    mutate(ui)
+    return ui
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda ui: ui["nodes"][0].update(type="NoSuchNode"), "unknown node type"),
+    (lambda ui: ui["nodes"][5]["widgets_values"].pop(), "input 'denoise' is missing"),
+    (lambda ui: ui["nodes"][5]["widgets_values"].append(3), "takes 3"),
+    (lambda ui: ui["nodes"][5]["widgets_values"].__setitem__(1, 0), "steps must be >= 1"),
+    (lambda ui: ui["nodes"][4]["widgets_values"].__setitem__(0, "nope"), "unknown value 'nope'"),
+    (lambda ui: ui["nodes"][3]["widgets_values"].__setitem__(0, 30), "multiple of 4"),
+    (lambda ui: ui["links"].pop(0), "missing link"),
+    (lambda ui: ui["links"][2].__setitem__(1, 5), "wants CONDITIONING but is linked to a SAMPLER"),
+    (lambda ui: ui["nodes"][6]["inputs"][0].update(link=None), "input 'model' is not set"),
+])
+def test_bad_workflows_name_the_problem(mutate, message):
+    with pytest.raises(WorkflowError, match=message):
+        ui_to_api(broken(mutate))
+
+
+def test_bypassed_nodes_are_left_out_and_then_missing():
+    ui = broken(lambda ui: ui["nodes"][1].update(mode=4))
+    with pytest.raises(WorkflowError, match="links to a missing node"):
+        ui_to_api(ui)
+
+
+def test_malformed_and_foreign_json():
+    with pytest.raises(WorkflowError, match="not valid JSON"):
+        parse_json("{\"nodes\": [")
+    with pytest.raises(WorkflowError, match="JSON object"):
+        parse_json("[1, 2]")
+    with pytest.raises(WorkflowError, match="neither a ComfyUI UI workflow"):
+        to_api({"hello": "world"})
+    foreign = {"3": {"class_type": "KSampler", "inputs": {}}}
+    with pytest.raises(WorkflowError, match="KSampler.*unknown node type"):
+        to_api(foreign)
+
+
+def test_a_graph_of_another_shape_is_refused_for_app_settings():
+    api = to_api_prompt(Settings())
+    extra = copy.deepcopy(api["2"])
+    api["99"] = extra
+    with pytest.raises(WorkflowError, match="not the app's text-to-image graph"):
+        settings_from_api(api)
