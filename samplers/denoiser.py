@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 
 Denoiser = Callable[..., torch.Tensor]
+# ``wrapper(forward, x, timestep, context, options) -> output``; ``forward`` has the same signature minus itself.
+# ``options`` holds "sigmas" (current), "sample_sigmas" (the run's schedule), "cond_or_uncond" (0 = positive,
+# 1 = negative, one entry per batch chunk) and "run_state", a dict created fresh for every sampling run.
+ModelWrapper = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -17,10 +22,29 @@ class DiffusionModel:
     diffusion_model: torch.nn.Module
     model_sampling: object
     name: str = "model"
+    wrappers: tuple[tuple[str, ModelWrapper], ...] = field(default=())
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def with_wrapper(self, key: str, wrapper: ModelWrapper) -> DiffusionModel:
+        """A patched copy whose network call goes through ``wrapper`` (same key replaces); self is unchanged."""
+        kept = tuple((k, w) for k, w in self.wrappers if k != key)
+        return replace(self, wrappers=(*kept, (key, wrapper)))
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                options: dict | None = None) -> torch.Tensor:
+        """The raw network call through every wrapper, outermost = first added."""
+
+        def call(x_: torch.Tensor, t_: torch.Tensor, c_: torch.Tensor, _options: dict) -> torch.Tensor:
+            return self.diffusion_model(x_, t_, context=c_)
+
+        for _key, wrapper in reversed(self.wrappers):
+            call = partial(wrapper, call)
+        return call(x, timestep, context, options if options is not None else {})
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
+                options: dict | None = None) -> torch.Tensor:
         ms = self.model_sampling
-        out = self.diffusion_model(ms.calculate_input(sigma, x), ms.timestep(sigma), context=context)
+        options = {**(options or {}), "sigmas": sigma}
+        out = self.forward(ms.calculate_input(sigma, x), ms.timestep(sigma), context, options)
         return ms.calculate_denoised(sigma, out.to(x.dtype), x)
 
 
@@ -42,19 +66,22 @@ def conditioning_tensor(conditioning: list) -> torch.Tensor:
     return conditioning[0][0]
 
 
-def cfg_denoiser(model: DiffusionModel, positive: list, negative: list, cfg: float) -> Denoiser:
-    """x0 with classifier-free guidance; both branches run in one batched call."""
+def cfg_denoiser(model: DiffusionModel, positive: list, negative: list, cfg: float,
+                 options: dict | None = None) -> Denoiser:
+    """x0 with classifier-free guidance; both branches run in one batched call (positive first)."""
     cond, uncond = conditioning_tensor(positive), conditioning_tensor(negative)
+    options = options or {}
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
         b = x.shape[0]
         c = cond.to(x).expand(b, -1, -1) if cond.shape[0] == 1 else cond.to(x)
         if cfg == 1.0:
-            return model.denoise(x, sigma, c)
+            return model.denoise(x, sigma, c, {**options, "cond_or_uncond": [0]})
         u = uncond.to(x).expand(b, -1, -1) if uncond.shape[0] == 1 else uncond.to(x)
         if u.shape[1] != c.shape[1]:
             raise ValueError("positive and negative conditioning have different lengths")
-        both = model.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([c, u]))
+        both = model.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([c, u]),
+                             {**options, "cond_or_uncond": [0, 1]})
         pos, neg = both.chunk(2)
         return neg + cfg * (pos - neg)
 

@@ -46,7 +46,8 @@ def sample(model: DiffusionModel, positive: list, negative: list, latent: torch.
         if callback is not None:
             callback(info)
 
-    out = sampler.fn(cfg_denoiser(model, positive, negative, cfg), x, sigmas, extra_args={},
+    options = {"sample_sigmas": sigmas, "run_state": {}}  # fresh per run: accelerator state never leaks
+    out = sampler.fn(cfg_denoiser(model, positive, negative, cfg, options), x, sigmas, extra_args={},
                      callback=step_callback, disable=True, **sampler.options)
     check_finite(out, "sampler output")
     return ms.inverse_noise_scaling(sigmas[-1], out)
