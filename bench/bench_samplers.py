@@ -28,22 +28,18 @@ PROMPTS = ["grinning face", "cat face", "red apple", "japan flag", "rocket", "sl
 
 def run(model, name: str, steps: int, conds, size: int, cfg: float, scheduler: str) -> tuple[list, int, float]:
     calls = 0
-    inner = model.diffusion_model.forward
 
-    def counting(*a, **k):
+    def counting(forward, x, timestep, context, options):
         nonlocal calls
         calls += 1
-        return inner(*a, **k)
+        return forward(x, timestep, context, options)
 
-    model.diffusion_model.forward = counting
-    try:
-        sigmas = compute_sigmas(model.model_sampling, scheduler, steps)
-        start = time.perf_counter()
-        outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), SAMPLERS[name], sigmas, seed=k, cfg=cfg)
-                for k, (pos, neg) in enumerate(conds)]
-        seconds = (time.perf_counter() - start) / len(conds)
-    finally:
-        del model.diffusion_model.forward
+    counted = model.with_wrapper("bench.count_calls", counting)
+    sigmas = compute_sigmas(model.model_sampling, scheduler, steps)
+    start = time.perf_counter()
+    outs = [sample(counted, pos, neg, torch.zeros(1, 3, size, size), SAMPLERS[name], sigmas, seed=k, cfg=cfg)
+            for k, (pos, neg) in enumerate(conds)]
+    seconds = (time.perf_counter() - start) / len(conds)
     return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], calls // len(conds), seconds
 
 
