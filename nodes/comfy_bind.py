@@ -8,7 +8,7 @@ from .registry import NODES
 from .spec import NodeInputError, NodeSpec, Param
 
 SOCKETS = {"MODEL": io.Model, "CONDITIONING": io.Conditioning, "LATENT": io.Latent, "IMAGE": io.Image,
-           "SAMPLER": io.Sampler, "SIGMAS": io.Sigmas}
+           "SAMPLER": io.Sampler, "SIGMAS": io.Sigmas, "STRING": io.String}
 
 
 def io_input(p: Param):
@@ -48,5 +48,10 @@ def make_node_class(spec: NodeSpec) -> type:
 
 
 class TurboSampleExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        from .comfy_names import register_ksampler_names
+
+        register_ksampler_names()
+
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [make_node_class(spec) for spec in NODES]

@@ -153,6 +153,25 @@ def test_comfy_samplers_accept_the_builtin_model(comfy):
     assert saved_images(base, entry)
 
 
+def test_our_schedulers_join_core_ksampler_lists_without_changing_core_names(comfy):
+    from turbosample.samplers.schedulers import SCHEDULERS
+
+    url, base = comfy
+    required = http(f"{url}/object_info/KSampler")["KSampler"]["input"]["required"]
+    schedulers, samplers = required["scheduler"][0], required["sampler_name"][0]
+    core = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal"]
+    assert schedulers[:len(core)] == core and set(SCHEDULERS) <= set(schedulers)
+    assert samplers[:3] == ["euler", "euler_cfg_pp", "euler_ancestral"] and len(set(samplers)) == len(samplers)
+    prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
+    for key in ("5", "6", "7"):
+        del prompt[key]
+    prompt["10"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 1,
+        "steps": 6, "cfg": 3.0, "sampler_name": "euler", "scheduler": "polyexponential", "denoise": 1.0}}
+    prompt["8"]["inputs"]["samples"] = ["10", 0]  # core KSampler with a scheduler ComfyUI itself lacks
+    assert saved_images(base, run_prompt(url, prompt))
+
+
 def test_bad_input_is_reported_by_comfyui(comfy):
     url, _ = comfy
     prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
