@@ -112,6 +112,14 @@ class FlowSampling:
     def sigma(self, timestep: torch.Tensor) -> torch.Tensor:
         return time_snr_shift(self.shift, torch.as_tensor(timestep, dtype=torch.float32) / self.multiplier)
 
+    def percent_to_sigma(self, percent: float) -> float:
+        """Sigma at a fraction of the way through sampling (ComfyUI's ModelSamplingDiscreteFlow)."""
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return float(time_snr_shift(self.shift, 1.0 - percent))
+
     def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x
 

@@ -11,6 +11,7 @@ import torch
 from .denoiser import DiffusionModel, cfg_denoiser
 from .noise import seeded_noise
 from .registry import SamplerInfo
+from .sampling_utils import MODEL_SAMPLING_KEY
 from .validate import check_finite, check_sigmas
 
 
@@ -47,7 +48,8 @@ def sample(model: DiffusionModel, positive: list, negative: list, latent: torch.
             callback(info)
 
     options = {"sample_sigmas": sigmas, "run_state": {}}  # fresh per run: accelerator state never leaks
-    out = sampler.fn(cfg_denoiser(model, positive, negative, cfg, options), x, sigmas, extra_args={},
+    extra_args = {"seed": int(seed), MODEL_SAMPLING_KEY: ms}  # stochastic samplers seed their Brownian noise
+    out = sampler.fn(cfg_denoiser(model, positive, negative, cfg, options), x, sigmas, extra_args=extra_args,
                      callback=step_callback, disable=True, **sampler.options)
     check_finite(out, "sampler output")
     return ms.inverse_noise_scaling(sigmas[-1], out)

@@ -24,3 +24,22 @@ class GaussianFlow:
         s0, s1 = torch.tensor(sigma_start), torch.tensor(sigma_end)
         z = (x_start - (1 - s0) * self.mean) / self.marginal_std(s0)
         return (1 - s1) * self.mean + self.marginal_std(s1) * z
+
+
+class GaussianVE:
+    """x0 ~ N(mean, std^2) per element in the EPS/V (variance-exploding) view: x_sigma = x0 + sigma noise."""
+
+    def __init__(self, mean: float = 0.3, std: float = 0.5):
+        self.mean, self.std = mean, std
+
+    def marginal_std(self, sigma: torch.Tensor) -> torch.Tensor:
+        return (sigma ** 2 + self.std ** 2) ** 0.5
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        return self.mean + self.std ** 2 / (self.std ** 2 + s ** 2) * (x - self.mean)
+
+    def exact(self, x_start: torch.Tensor, sigma_start: float, sigma_end: float) -> torch.Tensor:
+        """Solution of the probability-flow ODE (x - mean scales with the marginal std)."""
+        s0, s1 = torch.tensor(sigma_start), torch.tensor(sigma_end)
+        return self.mean + (x_start - self.mean) * self.marginal_std(s1) / self.marginal_std(s0)

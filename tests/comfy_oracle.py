@@ -7,7 +7,9 @@ import importlib.util
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -24,12 +26,17 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True
 
+import comfy.k_diffusion.deis as deis_module  # noqa: E402
 import comfy.k_diffusion.sampling as kds  # noqa: E402
 import comfy.model_sampling as cms  # noqa: E402
 import comfy.samplers  # noqa: E402
-from analytic import GaussianFlow  # noqa: E402
+from analytic import GaussianFlow, GaussianVE  # noqa: E402
+from comfy.extra_samplers import uni_pc  # noqa: E402
 
+from turbosample.models.builtin import load_model  # noqa: E402
 from turbosample.samplers import model_sampling as ours  # noqa: E402
+from turbosample.samplers.denoiser import DiffusionModel, cfg_denoiser  # noqa: E402
+from turbosample.samplers.noise_sources import BrownianNoise  # noqa: E402
 from turbosample.samplers.registry import SAMPLERS  # noqa: E402
 from turbosample.samplers.schedulers import SCHEDULERS, compute_sigmas  # noqa: E402
 
@@ -68,11 +75,69 @@ for label, (theirs, mine) in pairs.items():
         vp = kds.get_sigmas_vp(steps) - compute_sigmas(mine, "vp", steps)
         result[f"{label}/vp/{steps}"] = float(vp.abs().max())
 
-model = GaussianFlow()
-sigmas = compute_sigmas(ours.FlowSampling(), "simple", 10)
-x = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
-for name in SAMPLERS:
-    theirs = getattr(kds, f"sample_{name}")(model.denoise, x.clone(), sigmas, disable=True)
-    mine = SAMPLERS[name].fn(model.denoise, x.clone(), sigmas)
-    result[f"sampler/{name}"] = float((theirs - mine).abs().max())
+
+
+class Shim:
+    """A plain denoiser dressed as ComfyUI's KSAMPLER model (model_sampling where ComfyUI's samplers look)."""
+
+    def __init__(self, fn, ms):
+        self.fn = fn
+        inner = SimpleNamespace(model_sampling=ms)
+        patcher = SimpleNamespace(get_model_object=lambda _: ms)
+        self.inner_model = SimpleNamespace(inner_model=inner, model_patcher=patcher)
+
+    def __call__(self, x, sigma, **_):
+        return self.fn(x, sigma)
+
+
+# ComfyUI integrates DEIS's coefficients with a 10^4-point Riemann sum (error ~1e-4 of a step); ours uses exact
+# Gauss-Legendre quadrature. Compare the same method at a quadrature fine enough to show the solver agrees.
+deis_module.get_deis_coeff_list = partial(deis_module.get_deis_coeff_list, N=10 ** 6)
+
+# our name -> ComfyUI's function; "ddim" is ComfyUI's Euler, ddpm's ComfyUI formula is the EPS/V one only
+COMFY = {name: getattr(kds, f"sample_{name}") for name in SAMPLERS if hasattr(kds, f"sample_{name}")}
+COMFY.update(ddim=kds.sample_euler, uni_pc=uni_pc.sample_unipc, uni_pc_bh2=uni_pc.sample_unipc_bh2)
+EPS_ONLY = {"ddpm"}
+NOISY = {"euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm"}
+
+
+def compare(label, denoise, theirs_ms, mine_ms, x, sigmas):
+    for name, fn in COMFY.items():
+        if name in EPS_ONLY and isinstance(theirs_ms, cms.CONST):
+            continue
+        kw_t, kw_m = {}, {}
+        if name in NOISY:  # identical noise on both sides: the same seeded Brownian path
+            kw_t["noise_sampler"] = BrownianNoise(x, 7)
+            kw_m["noise_sampler"] = BrownianNoise(x, 7)
+        theirs = fn(Shim(denoise, theirs_ms), x.clone(), sigmas.clone(), extra_args={}, disable=True, **kw_t)
+        mine = SAMPLERS[name].fn(denoise, x.clone(), sigmas.clone(), extra_args={"model_sampling": mine_ms}, **kw_m)
+        result[f"sampler/{label}/{name}"] = float((theirs - mine).abs().max())
+
+
+# float64 throughout (also ComfyUI's internal tensors, e.g. UniPC's coefficients), so that the differences measure
+# the methods, not float32 rounding amplified by the network
+torch.set_default_dtype(torch.float64)
+x = torch.randn(2, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+flow_ms = ours.FlowSampling(3.0)
+compare("gaussian_flow", GaussianFlow().denoise, Flow(FlowConfig()), flow_ms, x,
+        compute_sigmas(flow_ms, "simple", 10).double())
+eps_ms = ours.DiscreteSampling()
+eps_sigmas = compute_sigmas(eps_ms, "karras", 10).double()
+compare("gaussian_eps", GaussianVE().denoise, Discrete(), eps_ms, x * eps_sigmas[0], eps_sigmas)
+
+# the built-in DiT (rectified flow, shift 1) with CFG, 32x32, a fixed random text context
+net = load_model().double()
+builtin_ms = ours.FlowSampling(1.0)
+gen = torch.Generator().manual_seed(1)
+context = [[torch.randn(1, 1, net.config.text_dim, generator=gen, dtype=torch.float64), {}]]
+null = [[torch.zeros(1, 1, net.config.text_dim, dtype=torch.float64), {}]]
+builtin = cfg_denoiser(DiffusionModel(net, builtin_ms), context, null, 3.0)
+
+
+class FlowConfig1:
+    sampling_settings = {"shift": 1.0, "multiplier": 1000}
+
+
+compare("builtin", builtin, Flow(FlowConfig1()), builtin_ms,
+        torch.randn(1, 3, 32, 32, generator=gen, dtype=torch.float64), compute_sigmas(builtin_ms, "simple", 8).double())
 print(json.dumps(result))
