@@ -14,6 +14,7 @@ import torch
 
 Tokens = torch.Tensor
 Grid = tuple[int, int]
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class UnsupportedModel(TypeError):
@@ -28,6 +29,8 @@ class TransformerParts:
     blocks[i](tokens, cond) -> tokens           the transformer blocks, in order
     head(tokens, cond, grid) -> model output    projection back to the input layout
     attention_modules                          objects whose ``attention(q, k, v)`` attribute may be replaced
+    run_block(i, tokens, cond, attention)      block i with ``attention(q, k, v)`` (B, heads, N, hd) used in
+                                               place of its own, without touching the module (None: unsupported)
     """
 
     name: str
@@ -36,6 +39,7 @@ class TransformerParts:
     head: Callable[[Tokens, torch.Tensor, Grid], torch.Tensor]
     patch_size: int
     attention_modules: Sequence[object] = ()
+    run_block: Callable[[int, Tokens, torch.Tensor, AttentionFn], Tokens] | None = None
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The plain forward rebuilt from the parts (equals the model's own forward)."""
@@ -45,11 +49,24 @@ class TransformerParts:
         return self.head(tokens, cond, grid)
 
 
+def dit_block_forward(block: torch.nn.Module, x: Tokens, c: torch.Tensor, attention: AttentionFn) -> Tokens:
+    """``DiTBlock.forward`` with another attention function (every other op is per token)."""
+    from ..models.dit import modulate
+
+    shift1, scale1, gate1, shift2, scale2, gate2 = block.ada(torch.nn.functional.silu(c)).chunk(6, dim=1)
+    q, k, v = block.qkv_heads(modulate(block.norm1(x), shift1, scale1))
+    attn = attention(q, k, v).transpose(1, 2).reshape(x.shape)
+    x = x + gate1[:, None, :] * block.proj(attn)
+    return x + gate2[:, None, :] * block.mlp(modulate(block.norm2(x), shift2, scale2))
+
+
 def builtin_parts(model: torch.nn.Module) -> TransformerParts:
     """Parts of the built-in TinyDiT."""
-    return TransformerParts(name="turbosample TinyDiT", embed=model.embed, blocks=list(model.blocks),
+    blocks = list(model.blocks)
+    return TransformerParts(name="turbosample TinyDiT", embed=model.embed, blocks=blocks,
                             head=model.head, patch_size=model.config.patch_size,
-                            attention_modules=list(model.blocks))
+                            attention_modules=blocks,
+                            run_block=lambda i, x, c, attention: dit_block_forward(blocks[i], x, c, attention))
 
 
 ADAPTERS: dict[str, Callable[[torch.nn.Module], TransformerParts]] = {"TinyDiT": builtin_parts}
@@ -57,7 +74,7 @@ ADAPTERS: dict[str, Callable[[torch.nn.Module], TransformerParts]] = {"TinyDiT":
 
 def transformer_parts(model: torch.nn.Module) -> TransformerParts:
     """The parts of a supported transformer; a clear error names what is supported otherwise."""
-    adapter = ADAPTERS.get(type(model).__name__)
+    adapter = next((ADAPTERS[c.__name__] for c in type(model).__mro__ if c.__name__ in ADAPTERS), None)
     if adapter is None:
         raise UnsupportedModel(f"{type(model).__name__} is not supported by TurboSample's block-level "
                                f"accelerators; supported: {', '.join(sorted(ADAPTERS))}")

@@ -9,6 +9,28 @@ import torch
 from ..models.dit import TinyDiT
 
 
+class ComfyTinyDiT(TinyDiT):
+    """The built-in DiT as ComfyUI's own models behave: ``DIFFUSION_MODEL`` wrappers run around its forward."""
+
+    def forward(self, x, timestep, context=None, control=None, transformer_options=None, **kwargs):
+        import comfy.patcher_extension as ext
+
+        options = transformer_options if transformer_options is not None else {}
+        wrappers = ext.get_all_wrappers(ext.WrappersMP.DIFFUSION_MODEL, options)
+        return ext.WrapperExecutor.new_class_executor(self.plain_forward, self, wrappers).execute(
+            x, timestep, context, control, options, **kwargs)
+
+    def plain_forward(self, x, timestep, context=None, control=None, transformer_options=None, **kwargs):
+        return TinyDiT.forward(self, x, timestep, context)
+
+
+def comfy_dit(dit: TinyDiT) -> ComfyTinyDiT:
+    """A private copy of ``dit`` (patches never leak into the shared instance) that runs ComfyUI wrappers."""
+    copied = copy.deepcopy(dit).requires_grad_(False)
+    copied.__class__ = ComfyTinyDiT
+    return copied
+
+
 def builtin_model_patcher(dit: TinyDiT, flow_shift: float):
     import comfy.latent_formats
     import comfy.model_base
@@ -36,6 +58,6 @@ def builtin_model_patcher(dit: TinyDiT, flow_shift: float):
     config.set_inference_dtype(torch.float32, None)
     load_device = comfy.model_management.get_torch_device()
     model = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.FLOW, device=load_device)
-    model.diffusion_model = copy.deepcopy(dit).requires_grad_(False)  # private copy: patches never leak
+    model.diffusion_model = comfy_dit(dit)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device,
                                             offload_device=comfy.model_management.unet_offload_device())

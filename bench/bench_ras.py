@@ -1,0 +1,103 @@
+"""RAS on the built-in model: wall-time speedup and PSNR/SSIM against the unaccelerated output of the same run.
+
+    OMP_NUM_THREADS=1 python bench/bench_ras.py --prompts 4 --ratios 0.75 0.5 0.25
+    OMP_NUM_THREADS=1 python bench/bench_ras.py --starvation-study
+
+Times are CPU seconds of this process per image (robust on a shared machine; use --threads 1).
+Every row uses the same prompts, seeds, schedule (simple), sampler (euler) and CFG; the reference is the plain
+model with the same steps. "fewer steps" is the plain model with its step count scaled by the RAS row's
+time ratio (about the same wall time), scored against the same reference. "work" is the fraction of
+token-block evaluations RAS runs (dense steps count 1, sparse steps the sample ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from turbosample.accel.ras import apply_ras
+from turbosample.accel.ras_select import RASConfig, is_dense_step
+from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.samplers.registry import SAMPLERS
+from turbosample.samplers.run import sample
+from turbosample.samplers.schedulers import compute_sigmas
+
+PROMPTS = ["grinning face", "cat face", "red apple", "rocket", "sunflower", "slice of pizza", "japan flag",
+           "thumbs up sign"]
+
+
+def generate(model, conds: list, steps: int, size: int, cfg: float) -> tuple[list, float]:
+    """Images (H, W, 3) in [0, 1] for every (prompt, seed) and the mean CPU seconds per image.
+
+    CPU time of this process (``time.process_time``) rather than wall time: the machine may be shared, and
+    with one thread CPU time is what a quiet machine's wall time would be.
+    """
+    sigmas = compute_sigmas(model.model_sampling, "simple", steps)
+    start = time.process_time()
+    outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), SAMPLERS["euler"], sigmas, seed=seed, cfg=cfg)
+            for pos, neg, seed in conds]
+    seconds = (time.process_time() - start) / len(conds)
+    return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
+
+
+def score(images: list, refs: list) -> tuple[float, float]:
+    psnr = [peak_signal_noise_ratio(r, i, data_range=1.0) for i, r in zip(images, refs, strict=True)]
+    ssim = [structural_similarity(r, i, data_range=1.0, channel_axis=2) for i, r in zip(images, refs, strict=True)]
+    return float(np.mean(psnr)), float(np.mean(ssim))
+
+
+def work_fraction(cfg: RASConfig, steps: int) -> float:
+    return sum(1.0 if is_dense_step(cfg, i) else cfg.sample_ratio for i in range(steps)) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.75, 0.5, 0.25])
+    ap.add_argument("--steps", type=int, default=28)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--cfg", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--starvation-study", action="store_true",
+                    help="compare the starvation directions and scales at sample_ratio 0.5 instead")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_builtin_model(1.0)[0]
+    neg = encode_text("")[0]
+    conds = [(encode_text(p)[0], neg, s) for p in PROMPTS[:args.prompts] for s in args.seeds]
+    generate(model, conds[:1], 2, args.size, args.cfg)  # warm-up
+    refs, t_ref = generate(model, conds, args.steps, args.size, args.cfg)
+
+    print(f"built-in model {args.size}x{args.size}, euler {args.steps} steps, CFG {args.cfg}, {len(conds)} images, "
+          f"{torch.get_num_threads()} thread(s); plain: {t_ref:.3f} CPU s/image\n")
+    if args.starvation_study:
+        print("| starvation | scale | PSNR dB | SSIM | CPU s/image |\n| --- | --- | --- | --- | --- |")
+        for mode, scale in [("spread", 0.0), ("spread", 0.1), ("official", 0.1), ("spread", 0.5),
+                            ("official", 0.5), ("spread", 1.0), ("official", 1.0)]:
+            imgs, t = generate(apply_ras(model, sample_ratio=0.5, starvation=mode, starvation_scale=scale), conds,
+                               args.steps, args.size, args.cfg)
+            psnr, ssim = score(imgs, refs)
+            print(f"| {mode if scale else '-'} | {scale} | {psnr:.2f} | {ssim:.4f} | {t:.3f} |")
+        return
+
+    print("| RAS ratio | work | CPU s/img | speedup | PSNR dB | SSIM | fewer steps (same time) | PSNR dB | SSIM |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for ratio in args.ratios:
+        cfg = RASConfig(sample_ratio=ratio)
+        imgs, t = generate(apply_ras(model, sample_ratio=ratio), conds, args.steps, args.size, args.cfg)
+        psnr, ssim = score(imgs, refs)
+        few = max(1, round(args.steps * t / t_ref))
+        few_imgs, _ = generate(model, conds, few, args.size, args.cfg)
+        few_psnr, few_ssim = score(few_imgs, refs)
+        print(f"| {ratio} | {work_fraction(cfg, args.steps):.2f} | {t:.3f} | {t_ref / t:.2f}x | {psnr:.2f} | "
+              f"{ssim:.4f} | {few} steps | {few_psnr:.2f} | {few_ssim:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
