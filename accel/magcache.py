@@ -1,0 +1,198 @@
+"""MagCache (Ma et al., NeurIPS 2025, arXiv 2506.09045): skip the transformer block stack on steps where a
+calibrated magnitude-ratio curve predicts a small error, reusing the last block-stack residual.
+
+Rule per CFG branch (official ``MagCache4Wan2.1/magcache_generate.py``, diffusers ``hooks/mag_cache.py``):
+from step ``int(retention_ratio * steps + 0.5)`` on, ``acc_ratio *= ratio[step]``, ``acc_steps += 1`` and
+``acc_err += |1 - acc_ratio|``; the stack is skipped while ``acc_err <= threshold`` and ``acc_steps <= K``
+(``tokens_out = tokens_in + cached_residual``), otherwise it runs, the accumulators reset and the residual is
+cached again. Embedding and head always run with the current timestep. ``threshold = 0`` never skips (diffusers
+would skip on a ratio of exactly 1.0 there).
+
+Steps: the step index is the position of the call's sigma in ``sample_sigmas`` (the largest ``j`` with
+``sample_sigmas[j] >= sigma``). One decision is made per branch and step index, at its first call; every later
+call with the same index (Heun's corrector at ``sigma_{i+1}``, midpoint sigmas of dpm_2 / dpmpp_2s) follows it,
+recomputing and re-caching the residual when the decision was "compute". So each distinct schedule sigma is
+accounted once, as in the calibration run, and a skip always has a cached residual of the right shape.
+
+State lives in ``options["run_state"]`` (fresh for every sampling run) keyed by branch (``cond_or_uncond`` entry
+and its occurrence in the batch), so runs never leak into each other and cond/uncond never share a cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .adapter import TransformerParts, transformer_parts
+
+STATE_KEY = "magcache"
+BranchKey = tuple[int, int]  # (cond_or_uncond entry, occurrence in the batch)
+
+
+@dataclass(frozen=True)
+class MagCacheSettings:
+    """Hyper-parameters and the per-branch ratio curves (branch 0 = cond, 1 = uncond)."""
+
+    ratios: dict[int, tuple[float, ...]]
+    threshold: float = 0.06
+    max_skip_steps: int = 2
+    retention_ratio: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.ratios or 0 not in self.ratios:
+            raise ValueError("MagCache needs a ratio curve for the cond branch (0)")
+        lengths = {len(v) for v in self.ratios.values()}
+        if len(lengths) != 1 or 0 in lengths:
+            raise ValueError(f"MagCache ratio curves must be non-empty and of one length, got {sorted(lengths)}")
+        if not all(torch.isfinite(torch.tensor(v)).all() and min(v) > 0 for v in self.ratios.values()):
+            raise ValueError("MagCache ratios must be finite positive numbers")
+        if not (self.threshold >= 0 and self.threshold == self.threshold):
+            raise ValueError(f"MagCache threshold must be >= 0, got {self.threshold}")
+        if self.max_skip_steps < 1:
+            raise ValueError(f"MagCache max_skip_steps must be >= 1, got {self.max_skip_steps}")
+        if not 0.0 <= self.retention_ratio <= 1.0:
+            raise ValueError(f"MagCache retention_ratio must be in [0, 1], got {self.retention_ratio}")
+
+    @property
+    def steps(self) -> int:
+        return len(self.ratios[0])
+
+    def curve(self, branch: int) -> tuple[float, ...]:
+        """The branch's curve; a branch without its own curve (e.g. uncond with a Flux curve) uses cond's."""
+        return self.ratios.get(branch, self.ratios[0])
+
+
+@dataclass
+class BranchState:
+    acc_ratio: float = 1.0
+    acc_err: float = 0.0
+    acc_steps: int = 0
+    residual: torch.Tensor | None = None
+    step: int = -1  # step index of the last decision
+    skip: bool = False  # that decision
+
+
+def retention_steps(retention_ratio: float, steps: int) -> int:
+    """Leading steps that always run (diffusers / Flux rounding)."""
+    return int(retention_ratio * steps + 0.5)
+
+
+def decide(state: BranchState, ratio: float, step: int, settings: MagCacheSettings, retention: int,
+           has_residual: bool) -> bool:
+    """The MagCache decision for one new step of one branch; updates the accumulators. True = skip."""
+    if step < retention:
+        return False
+    state.acc_ratio *= ratio
+    state.acc_steps += 1
+    state.acc_err += abs(1.0 - state.acc_ratio)
+    if (has_residual and settings.threshold > 0 and state.acc_err <= settings.threshold
+            and state.acc_steps <= settings.max_skip_steps):
+        return True
+    state.acc_ratio, state.acc_err, state.acc_steps = 1.0, 0.0, 0
+    return False
+
+
+def step_index(sigma: float, sample_sigmas: torch.Tensor) -> int | None:
+    """Index of the schedule interval holding ``sigma``; None if the schedule is unusable (empty, flat, NaN)."""
+    s = sample_sigmas.detach().float().cpu().reshape(-1)
+    if s.numel() < 2 or not torch.isfinite(s).all() or not bool((s[:-1] >= s[1:]).all()) or not s[0] > s[-1]:
+        return None
+    n = s.numel() - 1
+    at_or_above = int((s[:n] >= sigma - 1e-6 * max(abs(sigma), 1.0)).sum())
+    return min(max(at_or_above - 1, 0), n - 1)
+
+
+def branch_keys(cond_or_uncond: Sequence[int]) -> list[BranchKey]:
+    """(branch, occurrence) per batch chunk, e.g. [0, 0, 1] -> [(0, 0), (0, 1), (1, 0)]."""
+    seen: dict[int, int] = {}
+    keys = []
+    for b in cond_or_uncond:
+        keys.append((int(b), seen.get(int(b), 0)))
+        seen[int(b)] = seen.get(int(b), 0) + 1
+    return keys
+
+
+def run_blocks(parts: TransformerParts, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    for block in parts.blocks:
+        tokens = block(tokens, cond)
+    return tokens
+
+
+def magcache_forward(parts: TransformerParts, settings: MagCacheSettings, x: torch.Tensor, timestep: torch.Tensor,
+                     context: torch.Tensor, options: dict, fallback: Callable[[], torch.Tensor],
+                     curve_for: Callable[[torch.Tensor], MagCacheSettings] | None = None,
+                     record: list | None = None) -> torch.Tensor:
+    """One model call with MagCache; ``fallback()`` is the plain call used when the run gives no step/state.
+
+    ``curve_for(sample_sigmas)`` may return run-specific settings (checked/resampled curve); it is called once
+    per run. ``record`` (optional) receives ``(branch_key, step, skipped)`` for every decision.
+    """
+    run_state, sample_sigmas, sigma = options.get("run_state"), options.get("sample_sigmas"), options.get("sigmas")
+    if run_state is None or sample_sigmas is None or sigma is None:
+        return fallback()
+    step = step_index(float(torch.as_tensor(sigma).reshape(-1)[0]), sample_sigmas)
+    branches = list(options.get("cond_or_uncond") or [0])
+    if step is None or x.shape[0] % len(branches):
+        return fallback()
+    store = run_state.setdefault(STATE_KEY, {})
+    if "settings" not in store:
+        store["settings"] = curve_for(sample_sigmas) if curve_for else settings
+    active: MagCacheSettings = store["settings"]
+    steps = len(sample_sigmas) - 1
+    if active.steps != steps:
+        raise ValueError(f"MagCache ratio curve has {active.steps} steps but this run has {steps}; calibrate for "
+                         f"{steps} steps or resample the curve")
+    retention = retention_steps(active.retention_ratio, steps)
+    states: dict[BranchKey, BranchState] = store.setdefault("branches", {})
+
+    tokens, cond, grid = parts.embed(x, timestep, context)
+    chunks = tokens.chunk(len(branches))
+    skips = []
+    for key, chunk in zip(branch_keys(branches), chunks, strict=True):
+        st = states.setdefault(key, BranchState())
+        has_residual = st.residual is not None and st.residual.shape == chunk.shape
+        if step < st.step:  # a new pass over the schedule with the same state: start over
+            states[key] = st = BranchState()
+            has_residual = False
+        if step != st.step:
+            st.step = step
+            st.skip = decide(st, active.curve(key[0])[step], step, active, retention, has_residual)
+            if record is not None:
+                record.append((key, step, st.skip))
+        skips.append(st.skip and has_residual)
+
+    keys = branch_keys(branches)
+    if not any(skips):
+        out = run_blocks(parts, tokens, cond)
+        for key, r in zip(keys, (out - tokens).chunk(len(branches)), strict=True):
+            states[key].residual = r
+        return parts.head(out, cond, grid)
+
+    b = x.shape[0] // len(branches)
+    out_chunks = list(chunks)
+    compute = [i for i, s in enumerate(skips) if not s]
+    if compute:
+        rows = torch.cat([torch.arange(i * b, (i + 1) * b, device=tokens.device) for i in compute])
+        sub_in = tokens[rows]
+        sub_out = run_blocks(parts, sub_in, cond[rows])
+        for j, i in enumerate(compute):
+            out_chunks[i] = sub_out[j * b:(j + 1) * b]
+            states[keys[i]].residual = out_chunks[i] - chunks[i]
+    for i, s in enumerate(skips):
+        if s:
+            out_chunks[i] = chunks[i] + states[keys[i]].residual.to(chunks[i])
+    return parts.head(torch.cat(out_chunks), cond, grid)
+
+
+def magcache_model(model, settings: MagCacheSettings, key: str = "magcache",
+                   curve_for: Callable[[torch.Tensor], MagCacheSettings] | None = None, record: list | None = None):
+    """A patched copy of a ``DiffusionModel`` running MagCache; raises UnsupportedModel before patching."""
+    parts = transformer_parts(model.diffusion_model)
+
+    def wrapper(forward, x, timestep, context, options):
+        return magcache_forward(parts, settings, x, timestep, context, options,
+                                lambda: forward(x, timestep, context, options), curve_for, record)
+
+    return model.with_wrapper(key, wrapper)

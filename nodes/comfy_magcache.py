@@ -1,0 +1,71 @@
+"""MagCache on a ComfyUI MODEL: a patched clone, the original patcher untouched.
+
+* ``WrappersMP.DIFFUSION_MODEL`` wrapper: rebuilds the diffusion model's forward from ``transformer_parts`` and
+  runs the same skip rule as the standalone wrapper (``accel.magcache.magcache_forward``).
+* ``WrappersMP.SAMPLER_SAMPLE`` wrapper: puts a fresh per-run state holder into the run's transformer options and
+  drops it when the run ends or fails, so runs (also interrupted ones) never share caches. The holder is not a
+  dict because ComfyUI copies nested dicts of the transformer options for every model call.
+* The built-in model runs ``DIFFUSION_MODEL`` wrappers in its forward like ComfyUI's own models
+  (``nodes.comfy_model.ComfyTinyDiT``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..accel.adapter import UnsupportedModel, transformer_parts
+from ..accel.magcache import MagCacheSettings, magcache_forward
+
+WRAPPER_KEY = "turbosample_magcache"
+RUN_STATE_OPTION = "turbosample_magcache_run"
+
+
+class RunState:
+    """Per-run state shared by every model call of one sampling run."""
+
+    def __init__(self) -> None:
+        self.data: dict = {}
+
+
+def sampler_sample_wrapper(executor, guider, sigmas, extra_args, *args, **kwargs):
+    options = extra_args.setdefault("model_options", {}).setdefault("transformer_options", {})
+    options[RUN_STATE_OPTION] = RunState()
+    try:
+        return executor(guider, sigmas, extra_args, *args, **kwargs)
+    finally:
+        options.pop(RUN_STATE_OPTION, None)
+
+
+def diffusion_model_wrapper(settings: MagCacheSettings, curve_for: Callable | None = None):
+    def wrapper(executor, x, timestep, context=None, control=None, transformer_options=None, **kwargs):
+        transformer_options = transformer_options if transformer_options is not None else {}
+
+        def plain():
+            return executor(x, timestep, context, control, transformer_options, **kwargs)
+
+        run = transformer_options.get(RUN_STATE_OPTION)
+        if run is None or control is not None:  # ControlNet residuals live inside the skipped stack
+            return plain()
+        options = {"sigmas": transformer_options.get("sigmas"), "run_state": run.data,
+                   "sample_sigmas": transformer_options.get("sample_sigmas"),
+                   "cond_or_uncond": transformer_options.get("cond_or_uncond")}
+        return magcache_forward(transformer_parts(executor.class_obj), settings, x, timestep, context, options,
+                                plain, curve_for)
+
+    return wrapper
+
+
+def patch_model_patcher(model, settings: MagCacheSettings, curve_for: Callable | None = None):
+    """A clone of a ComfyUI ModelPatcher running MagCache; UnsupportedModel (nothing patched) otherwise."""
+    import comfy.patcher_extension as pe
+
+    if not hasattr(model, "clone") or not hasattr(model, "get_model_object"):
+        raise UnsupportedModel(f"TurboSample MagCache in ComfyUI takes a MODEL, got {type(model).__name__}")
+    diffusion_model = model.get_model_object("diffusion_model")
+    transformer_parts(diffusion_model)  # raises UnsupportedModel before anything is patched
+    patched = model.clone()
+    for kind, wrapper in ((pe.WrappersMP.SAMPLER_SAMPLE, sampler_sample_wrapper),
+                          (pe.WrappersMP.DIFFUSION_MODEL, diffusion_model_wrapper(settings, curve_for))):
+        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)  # applying MagCache twice replaces, never stacks
+        patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
+    return patched
