@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import solvers
+from . import multistep, solvers, stochastic
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,25 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "dpmpp_2m": SamplerInfo("dpmpp_2m", solvers.sample_dpmpp_2m, 1, "DPM-Solver++(2M) multistep"),
     "lms": SamplerInfo("lms", solvers.sample_lms, 1, "linear multistep (order 4) on the sigma grid"),
     "ipndm": SamplerInfo("ipndm", solvers.sample_ipndm, 1, "improved PNDM (Adams-Bashforth, order 4)"),
+    "ipndm_v": SamplerInfo("ipndm_v", multistep.sample_ipndm_v, 1, "improved PNDM with variable-step coefficients"),
+    "deis": SamplerInfo("deis", multistep.sample_deis, 1, "DEIS tAB multistep (order 3)"),
+    "res_multistep": SamplerInfo("res_multistep", multistep.sample_res_multistep, 1,
+                                 "RES second-order multistep exponential integrator"),
+    "uni_pc": SamplerInfo("uni_pc", multistep.sample_uni_pc, 1, "UniPC predictor-corrector, B(h) = h (order 3)"),
+    "uni_pc_bh2": SamplerInfo("uni_pc_bh2", multistep.sample_uni_pc_bh2, 1,
+                              "UniPC predictor-corrector, B(h) = e^h - 1 (order 3)"),
+    "ddim": SamplerInfo("ddim", stochastic.sample_ddim, 1, "DDIM (eta = 0: deterministic, same as Euler)"),
+    "euler_ancestral": SamplerInfo("euler_ancestral", stochastic.sample_euler_ancestral, 1,
+                                   "Euler with ancestral noise (rectified-flow noise on flow models)"),
+    "dpmpp_2s_ancestral": SamplerInfo("dpmpp_2s_ancestral", stochastic.sample_dpmpp_2s_ancestral, 2,
+                                      "DPM-Solver++(2S) with ancestral noise"),
+    "dpmpp_sde": SamplerInfo("dpmpp_sde", stochastic.sample_dpmpp_sde, 2, "DPM-Solver++ SDE (Brownian-tree noise)"),
+    "dpmpp_2m_sde": SamplerInfo("dpmpp_2m_sde", stochastic.sample_dpmpp_2m_sde, 1,
+                                "DPM-Solver++(2M) SDE (Brownian-tree noise)"),
+    "dpmpp_3m_sde": SamplerInfo("dpmpp_3m_sde", stochastic.sample_dpmpp_3m_sde, 1,
+                                "DPM-Solver++(3M) SDE (Brownian-tree noise)"),
+    "ddpm": SamplerInfo("ddpm", stochastic.sample_ddpm, 1, "DDPM ancestral sampling (posterior draws)"),
+    "lcm": SamplerInfo("lcm", stochastic.sample_lcm, 1, "latent consistency: x0 estimate, then re-noise"),
 }
 
 
@@ -31,3 +50,11 @@ def get_sampler(name: str) -> SamplerInfo:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+# DualFast variants (samplers/dualfast.py): the base solver plus the zero-extra-call approximation-error correction
+from . import dualfast  # noqa: E402
+
+for _base in ("euler", "dpmpp_2m", "uni_pc"):
+    SAMPLERS[f"{_base}_dualfast"] = SamplerInfo(
+        f"{_base}_dualfast", dualfast.sample_dualfast, 1, f"{_base} with the DualFast error correction",
+        {"base": _base, "coefficient": dualfast.DEFAULT_COEFFICIENT[_base]})

@@ -1,0 +1,89 @@
+"""Bottleneck Sampling vs its base sampler on the built-in model (64 px: stages 64 -> 32 -> 64 px).
+
+    OMP_NUM_THREADS=1 python bench/bench_bottleneck.py [--sweep]
+
+Fixed prompts and seeds. The full-cost reference is the base sampler at full resolution with --steps steps;
+Bottleneck Sampling uses the same step budget (split 6 : 20 : 8 as in the paper). The equal-time baseline
+is the base sampler with its steps scaled by the measured time ratio. Wall times are measured in this run,
+per image, one thread. Quality: paired PSNR/SSIM (skimage) to the reference; LPIPS is not reported (no LPIPS
+weights offline). ``--sweep`` also tries other shifts, noise strengths and resizers (used to pick defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.samplers.bottleneck import DEFAULT_NOISE, DEFAULT_SHIFTS, RESIZERS, sample_bottleneck, split_steps
+from turbosample.samplers.registry import SAMPLERS, SamplerInfo
+from turbosample.samplers.run import sample
+from turbosample.samplers.schedulers import compute_sigmas
+
+PROMPTS = ["grinning face", "cat face", "red apple", "rocket"]
+
+
+def generate(model, info: SamplerInfo, steps: int, conds, size: int, cfg: float) -> tuple[list, float]:
+    sigmas = compute_sigmas(model.model_sampling, "simple", steps)
+    start = time.perf_counter()
+    outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), info, sigmas, seed=k, cfg=cfg)
+            for k, (pos, neg) in enumerate(conds)]
+    seconds = (time.perf_counter() - start) / len(conds)
+    return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
+
+
+def score(images: list, refs: list) -> tuple[float, float]:
+    psnr = [peak_signal_noise_ratio(r, i, data_range=1.0) for i, r in zip(images, refs, strict=True)]
+    ssim = [structural_similarity(r, i, data_range=1.0, channel_axis=2) for i, r in zip(images, refs, strict=True)]
+    return float(np.mean(psnr)), float(np.mean(ssim))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--base", default="euler")
+    ap.add_argument("--steps", type=int, nargs="+", default=[28])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--cfg", type=float, default=4.0)
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    (model,) = load_builtin_model(1.0)
+    (neg,) = encode_text("")
+    conds = [(encode_text(p)[0], neg) for p in PROMPTS]
+    base = SAMPLERS[args.base]
+    variants = [("defaults", {})]
+    if args.sweep:
+        variants += [(f"shifts {s}", {"shifts": s}) for s in [(1.0, 1.0, 1.0), (2.0, 1.5, 2.0), (3.0, 2.0, 3.0)]
+                     if s != DEFAULT_SHIFTS]
+        variants += [(f"noise {w}", {"noise": w}) for w in [(1.0, 0.9, 0.7), (1.0, 0.7, 0.5)] if w != DEFAULT_NOISE]
+        variants += [(f"resize {m}", {"resize_method": m}) for m in RESIZERS if m != "lanczos"]
+    print(f"built-in model {args.size}px, CFG {args.cfg}, simple schedule, prompts {PROMPTS} (seed = index), "
+          f"base sampler {args.base}, 1 thread\n")
+    print("| steps | method | model calls (full + low res) | s/image | speedup vs full | PSNR vs full | "
+          "SSIM vs full |")
+    print("|---|---|---|---|---|---|---|")
+    for steps in args.steps:
+        refs, full_seconds = generate(model, base, steps, conds, args.size, args.cfg)
+        print(f"| {steps} | {args.base} full cost (reference) | {steps} | {full_seconds:.3f} | 1.00x | - | - |")
+        for label, options in variants:
+            info = SamplerInfo("bottleneck", sample_bottleneck, 1, "", {"base": args.base, **options})
+            images, seconds = generate(model, info, steps, conds, args.size, args.cfg)
+            psnr, ssim = score(images, refs)
+            split = split_steps(steps, 3)
+            print(f"| {steps} | bottleneck {label} | {split[0] + split[2]} + {split[1]} | {seconds:.3f} | "
+                  f"{full_seconds / seconds:.2f}x | {psnr:.2f} | {ssim:.4f} |", flush=True)
+            if label == "defaults":
+                equal = max(1, round(steps * seconds / full_seconds))
+                images, eq_seconds = generate(model, base, equal, conds, args.size, args.cfg)
+                psnr, ssim = score(images, refs)
+                print(f"| {steps} | {args.base} {equal} steps (equal time) | {equal} | {eq_seconds:.3f} | "
+                      f"{full_seconds / eq_seconds:.2f}x | {psnr:.2f} | {ssim:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

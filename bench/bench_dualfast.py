@@ -1,0 +1,94 @@
+"""DualFast vs its base sampler on the built-in model: paired PSNR/SSIM to a high-step reference at 4-10 calls.
+
+    OMP_NUM_THREADS=1 python bench/bench_dualfast.py [--sweep]
+
+Same prompts, seeds and schedule for every run; the reference is Heun with --ref-steps steps. DualFast
+costs no extra model call, so at equal NFE the wall times agree and the comparison is quality at equal cost.
+``--sweep`` prints the coefficient sweep used to choose ``samplers.dualfast.DEFAULT_COEFFICIENT``.
+LPIPS is not reported: no LPIPS weights are available offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.samplers.dualfast import DEFAULT_COEFFICIENT, sample_dualfast
+from turbosample.samplers.registry import SAMPLERS, SamplerInfo
+from turbosample.samplers.run import sample
+from turbosample.samplers.schedulers import compute_sigmas
+
+PROMPTS = ["grinning face", "cat face", "red apple", "rocket"]
+
+
+def generate(model, info: SamplerInfo, steps: int, conds, size: int, cfg: float) -> tuple[list, float]:
+    sigmas = compute_sigmas(model.model_sampling, "simple", steps)
+    start = time.perf_counter()
+    outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), info, sigmas, seed=k, cfg=cfg)
+            for k, (pos, neg) in enumerate(conds)]
+    seconds = (time.perf_counter() - start) / len(conds)
+    return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
+
+
+def score(images: list, refs: list) -> tuple[float, float]:
+    psnr = [peak_signal_noise_ratio(r, i, data_range=1.0) for i, r in zip(images, refs, strict=True)]
+    ssim = [structural_similarity(r, i, data_range=1.0, channel_axis=2) for i, r in zip(images, refs, strict=True)]
+    return float(np.mean(psnr)), float(np.mean(ssim))
+
+
+def dualfast(base: str, coefficient: float, schedule: str = "linear", reference: str = "previous",
+             target: str = "d") -> SamplerInfo:
+    options = {"base": base, "coefficient": coefficient, "schedule": schedule, "reference": reference,
+               "target": target}
+    return SamplerInfo(f"{base}_dualfast", sample_dualfast, 1, "bench", options)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--nfe", type=int, nargs="+", default=[4, 6, 8, 10])
+    ap.add_argument("--bases", nargs="+", default=["euler", "dpmpp_2m"])
+    ap.add_argument("--ref-steps", type=int, default=100)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--cfg", type=float, default=4.0)
+    ap.add_argument("--coefficients", type=float, nargs="+", default=None,
+                    help="coefficients to try (default: each base's registered default)")
+    ap.add_argument("--schedule", default="constant")
+    ap.add_argument("--sweep", action="store_true", help="try several coefficients, schedules and targets")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    (model,) = load_builtin_model(1.0)
+    (neg,) = encode_text("")
+    conds = [(encode_text(p)[0], neg) for p in PROMPTS]
+    refs, ref_seconds = generate(model, SAMPLERS["heun"], args.ref_steps, conds, args.size, args.cfg)
+    print(f"reference: heun {args.ref_steps} steps ({2 * args.ref_steps - 1} calls), {ref_seconds:.2f} s/image, "
+          f"{args.size}px, CFG {args.cfg}, prompts {PROMPTS} (seed = index), simple schedule\n")
+    if args.sweep:
+        variants = [(c, s, r, t) for t in ("d", "x0") for s in ("linear", "constant") for r in ("previous",)
+                    for c in (-0.3, -0.15, 0.15, 0.3, 0.6)] + [(c, "linear", "first", "d") for c in (-0.3, 0.3)]
+    else:
+        variants = [(c, args.schedule, "previous", "d") for c in (args.coefficients or [None])]
+    print("| base | NFE | base PSNR | base SSIM | base s/img | variant | DualFast PSNR | DualFast SSIM | "
+          "DualFast s/img | dPSNR |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for base in args.bases:
+        for nfe in args.nfe:
+            images, base_seconds = generate(model, SAMPLERS[base], nfe, conds, args.size, args.cfg)
+            base_psnr, base_ssim = score(images, refs)
+            for c, schedule, reference, target in variants:
+                c = DEFAULT_COEFFICIENT.get(base, 0.0) if c is None else c
+                info = dualfast(base, c, schedule, reference, target)
+                images, seconds = generate(model, info, nfe, conds, args.size, args.cfg)
+                psnr, ssim = score(images, refs)
+                print(f"| {base} | {nfe} | {base_psnr:.2f} | {base_ssim:.4f} | {base_seconds:.3f} | "
+                      f"c={c:g} {schedule} {reference} {target} | {psnr:.2f} | {ssim:.4f} | {seconds:.3f} | "
+                      f"{psnr - base_psnr:+.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

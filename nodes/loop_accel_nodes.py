@@ -1,0 +1,112 @@
+"""Sampler-level accelerators as SAMPLER nodes: Bottleneck Sampling and DualFast.
+
+Both produce a SAMPLER for TurboSample Sample (stand-alone) or SamplerCustom/SamplerCustomAdvanced (ComfyUI,
+where the same sampler function runs inside ``comfy.samplers.KSAMPLER``).
+"""
+
+from __future__ import annotations
+
+from ..samplers.bottleneck import (
+    DEFAULT_NOISE,
+    DEFAULT_SCALES,
+    DEFAULT_SHIFTS,
+    RESIZERS,
+    check_stages,
+    sample_bottleneck,
+)
+from ..samplers.dualfast import DEFAULT_COEFFICIENT, SCHEDULES, sample_dualfast
+from ..samplers.registry import SAMPLERS, SamplerInfo
+from .spec import NodeInputError, NodeSpec, Output, Param
+
+CATEGORY = "TurboSample/accelerators"
+
+
+def numbers(text: str, name: str, kind: type = float) -> list:
+    """'1, 0.5, 1' -> [1.0, 0.5, 1.0], or NodeInputError naming the input."""
+    try:
+        values = [kind(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise NodeInputError(f"{name} must be a comma-separated list of {kind.__name__} values, got {text!r}") from None
+    if not values:
+        raise NodeInputError(f"{name} must list one value per stage, got {text!r}")
+    return values
+
+
+def _fmt(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def bottleneck_info(base_sampler: str, scales: str, noise: str, shifts: str, steps: str,
+                    resize_method: str) -> SamplerInfo:
+    options = {"base": base_sampler, "scales": numbers(scales, "scales"), "noise": numbers(noise, "noise"),
+               "shifts": numbers(shifts, "shifts"), "resize_method": resize_method,
+               "steps": numbers(steps, "steps", int) if steps.strip() else None}
+    try:
+        check_stages(options["scales"], options["noise"], options["shifts"], options["steps"], resize_method)
+    except ValueError as exc:
+        raise NodeInputError(str(exc)) from None
+    calls = SAMPLERS[base_sampler].calls_per_step
+    return SamplerInfo(f"bottleneck_{base_sampler}", sample_bottleneck, calls,
+                       "Bottleneck Sampling (high -> low -> high resolution)", options)
+
+
+def dualfast_info(base_sampler: str, coefficient: float, schedule: str) -> SamplerInfo:
+    options = {"base": base_sampler, "coefficient": coefficient, "schedule": schedule}
+    return SamplerInfo(f"{base_sampler}_dualfast", sample_dualfast, 1, "DualFast error correction", options)
+
+
+def bottleneck_sampler(**values) -> tuple:
+    return (bottleneck_info(**values),)
+
+
+def dualfast_sampler(**values) -> tuple:
+    return (dualfast_info(**values),)
+
+
+def _ksampler(info: SamplerInfo) -> tuple:
+    import comfy.samplers
+
+    return (comfy.samplers.KSAMPLER(info.fn, extra_options=dict(info.options)),)
+
+
+def comfy_bottleneck_sampler(**values) -> tuple:
+    return _ksampler(bottleneck_info(**values))
+
+
+def comfy_dualfast_sampler(**values) -> tuple:
+    return _ksampler(dualfast_info(**values))
+
+
+def _one_call_samplers() -> list[str]:
+    return [n for n, i in SAMPLERS.items() if i.calls_per_step == 1 and i.fn is not sample_dualfast]
+
+
+BASE = Param("base_sampler", "COMBO", "euler", choices=lambda: list(SAMPLERS),
+             tooltip="Sampler run in every stage on that stage's sigmas.")
+
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("TurboSampleBottleneckSampler", "TurboSample Bottleneck Sampling", CATEGORY,
+             "Bottleneck Sampling (arXiv 2503.18940): full -> low -> full resolution stages; the clean estimate is "
+             "resized and re-noised between stages. Rectified-flow models only; the step budget of the SIGMAS "
+             "is split 6 : 20 : 8 unless steps are given.",
+             (BASE,
+              Param("scales", "STRING", _fmt(DEFAULT_SCALES), tooltip="Resolution scale per stage; first and last 1."),
+              Param("noise", "STRING", _fmt(DEFAULT_NOISE),
+                    tooltip="Noise re-introduction strength per stage (fraction of the stage schedule); first 1."),
+              Param("shifts", "STRING", _fmt(DEFAULT_SHIFTS),
+                    tooltip="Timestep shift per stage, on top of the model's own (1 = unchanged)."),
+              Param("steps", "STRING", "", tooltip="Steps per stage, e.g. '6, 20, 8'; empty = split the SIGMAS."),
+              Param("resize_method", "COMBO", "lanczos", choices=lambda: list(RESIZERS),
+                    tooltip="How the clean estimate is resized between stages.")),
+             (Output("SAMPLER", "SAMPLER"),), bottleneck_sampler, comfy_fn=comfy_bottleneck_sampler),
+    NodeSpec("TurboSampleDualFastSampler", "TurboSample DualFast", CATEGORY,
+             "DualFast (arXiv 2506.13058): mixes the model output with the previous step's, "
+             "out = (1 + c) out_t - c out_prev, at no extra model call; c = 0 is the base sampler.",
+             (Param("base_sampler", "COMBO", "euler", choices=_one_call_samplers,
+                    tooltip="A one-call-per-step sampler."),
+              Param("coefficient", "FLOAT", DEFAULT_COEFFICIENT["euler"], -2.0, 2.0, 0.05,
+                    tooltip="Correction strength c (0 = off)."),
+              Param("schedule", "COMBO", "constant", choices=lambda: list(SCHEDULES),
+                    tooltip="constant: c at every step; linear: grows from 0 to c toward low noise.")),
+             (Output("SAMPLER", "SAMPLER"),), dualfast_sampler, comfy_fn=comfy_dualfast_sampler),
+)

@@ -1,0 +1,222 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from turbosample.models.dit import TinyDiT
+from turbosample.samplers.bottleneck import resize, sample_bottleneck, split_steps, stage_sigmas
+from turbosample.samplers.denoiser import DiffusionModel
+from turbosample.samplers.model_sampling import FlowSampling, time_snr_shift
+from turbosample.samplers.noise import seeded_noise
+from turbosample.samplers.registry import SAMPLERS, SamplerInfo
+from turbosample.samplers.run import sample
+from turbosample.samplers.schedulers import compute_sigmas
+
+ROOT = Path(__file__).resolve().parent.parent
+SIGMAS = compute_sigmas(FlowSampling(), "simple", 8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = DiffusionModel(TinyDiT(width=32, depth=2, heads=2).eval(), FlowSampling())
+    cond = [[torch.randn(1, 1, 384), {}]]
+    uncond = [[torch.zeros(1, 1, 384), {}]]
+    return model, cond, uncond
+
+
+def test_split_steps_follows_the_paper_ratio_and_sums_to_the_budget():
+    assert split_steps(34, 3) == [6, 20, 8]  # FLUX.1-dev table
+    for total in range(3, 60):
+        parts = split_steps(total, 3)
+        assert sum(parts) == total and min(parts) >= 1
+    assert split_steps(7, 2) in ([4, 3], [3, 4])
+    with pytest.raises(ValueError, match="at least one step per stage"):
+        split_steps(2, 3)
+
+
+def test_stage_sigmas_slice_and_reshift_the_incoming_schedule():
+    assert torch.equal(stage_sigmas(SIGMAS, 1.0, 8, 1.0), SIGMAS)
+    lin = torch.linspace(1, 0, 11)
+    part = stage_sigmas(lin, 0.6, 3, 1.0)  # last 60 % of the schedule in 3 steps
+    assert torch.allclose(part, torch.tensor([0.6, 0.4, 0.2, 0.0]))
+    shifted = stage_sigmas(lin, 0.6, 3, 3.0)
+    assert torch.allclose(shifted, time_snr_shift(3.0, torch.tensor([0.6, 0.4, 0.2, 0.0])))
+
+
+def test_area_resize_matches_average_pooling_and_lanczos_keeps_shape_and_mean():
+    x = seeded_noise(1, (2, 3, 16, 12))
+    assert torch.allclose(resize(x, (8, 6), "area"), F.avg_pool2d(x, 2), atol=1e-6)
+    smooth = torch.linspace(-1, 1, 16)[None, None, :, None].expand(1, 2, 16, 16).contiguous()
+    up = resize(smooth, (32, 32), "lanczos")
+    assert up.shape == (1, 2, 32, 32)
+    assert abs(float(up.mean()) - float(smooth.mean())) < 1e-3
+    for method in ("bicubic", "bilinear", "nearest"):
+        assert resize(x, (8, 6), method).shape == (2, 3, 8, 6)
+    with pytest.raises(ValueError, match="unknown resize method"):
+        resize(x, (8, 6), "sinc")
+
+
+@pytest.mark.parametrize("base", ["euler", "dpmpp_2m"])
+def test_a_single_full_resolution_stage_is_the_base_sampler(tiny, base):
+    model, cond, uncond = tiny
+    latent = torch.zeros(1, 3, 32, 32)
+    expected = sample(model, cond, uncond, latent, SAMPLERS[base], SIGMAS, seed=3, cfg=3.0)
+    single = SamplerInfo("bn", sample_bottleneck, 1, "", {"base": base, "scales": [1.0], "noise": [1.0],
+                                                        "shifts": [1.0]})
+    assert torch.equal(sample(model, cond, uncond, latent, single, SIGMAS, seed=3, cfg=3.0), expected)
+
+
+def test_three_stages_run_at_their_resolutions_and_return_the_input_shape(tiny):
+    model, cond, uncond = tiny
+    seen = []
+
+    def spy(forward, x, timestep, context, options):
+        seen.append((x.shape[-1], float(timestep[0]) / 1000))
+        return forward(x, timestep, context, options)
+
+    info = SamplerInfo("bn", sample_bottleneck, 1, "", {"steps": [2, 3, 2], "shifts": [1.0, 2.0, 1.0]})
+    out = sample(model.with_wrapper("spy", spy), cond, uncond, torch.zeros(1, 3, 32, 32), info,
+                 torch.linspace(1, 0, 8), seed=1, cfg=2.0)
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+    assert [s for s, _ in seen] == [32, 32, 16, 16, 16, 32, 32]
+    # stage 1 starts at the re-shifted sigma of the last 80 % of the schedule, stage 2 at the last 60 %
+    assert seen[2][1] == pytest.approx(float(time_snr_shift(2.0, torch.tensor(0.8))), abs=1e-5)
+    assert seen[5][1] == pytest.approx(0.6, abs=1e-5)
+
+
+def test_the_clean_estimate_carries_across_stages():
+    # a denoiser that always predicts the same image (resized to the current size): every stage ends on it,
+    # so the output is exactly that image at full resolution, whatever the re-introduced noise
+    target = seeded_noise(2, (1, 3, 16, 16))
+
+    def constant(x, sigma, **_):
+        return resize(target, tuple(x.shape[-2:]), "area")
+
+    out = sample_bottleneck(constant, seeded_noise(9, (1, 3, 16, 16)), SIGMAS, resize_method="bilinear")
+    assert torch.allclose(out, target, atol=1e-5)
+
+
+def test_renoise_is_seeded():
+    def toy(x, sigma, **_):
+        return torch.tanh(x) * (1 - sigma.reshape(-1, 1, 1, 1))
+
+    x = seeded_noise(4, (1, 3, 16, 16))
+    a = sample_bottleneck(toy, x.clone(), SIGMAS, seed=1)
+    assert torch.equal(a, sample_bottleneck(toy, x.clone(), SIGMAS, seed=1))
+    assert not torch.allclose(a, sample_bottleneck(toy, x.clone(), SIGMAS, seed=2))
+    assert torch.equal(sample_bottleneck(toy, x.clone(), SIGMAS), sample_bottleneck(toy, x.clone(), SIGMAS))
+
+
+def never_called(x, sigma, **_):
+    raise AssertionError("the model must not run when the stage plan is invalid")
+
+
+@pytest.mark.parametrize("size, options, message", [
+    (36, {}, "stage 1: height 36 x scale 0.5 = 18 is not a positive multiple of the model's patch size 4"),
+    (32, {"scales": [1.0, 0.3, 1.0]}, "9.6 is not a positive multiple"),
+    (32, {"multiple": 32}, "16 is not a positive multiple of the model's patch size 32"),
+    (32, {"scales": [0.5, 1.0, 1.0]}, "first and last bottleneck stage must be at full resolution"),
+    (32, {"noise": [0.9, 0.8, 0.6]}, "first must be 1"),
+    (32, {"shifts": [1.0, 2.0]}, "stages disagree"),
+    (32, {"steps": [2, 0, 2]}, "whole numbers >= 1"),
+    (32, {"resize_method": "sinc"}, "unknown resize method"),
+    (32, {"base": "nope"}, "unknown base sampler"),
+])
+def test_bad_stage_plans_give_clear_errors(size, options, message):
+    with pytest.raises(ValueError, match=message):
+        sample_bottleneck(never_called, torch.zeros(1, 3, size, size), SIGMAS, **options)
+
+
+def test_non_flow_models_and_masks_are_refused():
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="rectified-flow"):
+        sample_bottleneck(never_called, x, torch.tensor([14.6, 3.0, 0.0]))
+    with pytest.raises(ValueError, match="pure noise"):
+        sample_bottleneck(never_called, x, SIGMAS[2:])
+    with pytest.raises(ValueError, match="inpainting mask"):
+        sample_bottleneck(never_called, x, SIGMAS, extra_args={"denoise_mask": torch.ones(1, 1, 32, 32)})
+
+
+COMFY_SCRIPT = r"""
+import importlib.util, json, os, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+spec = importlib.util.spec_from_file_location("turbosample", root / "__init__.py",
+                                              submodule_search_locations=[str(root)])
+pkg = importlib.util.module_from_spec(spec); sys.modules["turbosample"] = pkg; spec.loader.exec_module(pkg)
+sys.path.insert(0, os.getcwd())
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import torch, comfy.sample, comfy.samplers
+from turbosample.models.dit import TinyDiT
+from turbosample.nodes.comfy_model import builtin_model_patcher
+from turbosample.samplers.bottleneck import sample_bottleneck
+from turbosample.samplers.denoiser import DiffusionModel
+from turbosample.samplers.model_sampling import FlowSampling
+from turbosample.samplers.registry import SamplerInfo
+from turbosample.samplers.run import sample
+from turbosample.samplers.schedulers import compute_sigmas
+torch.manual_seed(0)
+dit = TinyDiT(width=32, depth=2, heads=2).eval()
+cond, uncond = torch.randn(1, 1, 384), torch.zeros(1, 1, 384)
+latent = torch.zeros(1, 3, 32, 32)
+opts = {"base": "dpmpp_2m", "seed": 11}
+sigmas = compute_sigmas(FlowSampling(), "simple", 9)
+mine = sample(DiffusionModel(dit, FlowSampling()), [[cond, {}]], [[uncond, {}]], latent,
+              SamplerInfo("bn", sample_bottleneck, 1, "", opts), sigmas, seed=5, cfg=3.0)
+patcher = builtin_model_patcher(dit, 1.0)
+noise = comfy.sample.prepare_noise(latent, 5)
+theirs = comfy.sample.sample_custom(patcher, noise, 3.0, comfy.samplers.KSAMPLER(sample_bottleneck, extra_options=opts),
+                                    sigmas, [[cond, {}]], [[uncond, {}]], latent, disable_pbar=True, seed=5)
+bad = None
+try:
+    comfy.sample.sample_custom(patcher, comfy.sample.prepare_noise(torch.zeros(1, 3, 36, 36), 5), 3.0,
+                               comfy.samplers.KSAMPLER(sample_bottleneck, extra_options=opts), sigmas,
+                               [[cond, {}]], [[uncond, {}]], torch.zeros(1, 3, 36, 36), disable_pbar=True, seed=5)
+except ValueError as exc:
+    bad = str(exc)
+from turbosample.samplers.dualfast import sample_dualfast
+df = {"base": "euler", "coefficient": 0.3}
+mine_df = sample(DiffusionModel(dit, FlowSampling()), [[cond, {}]], [[uncond, {}]], latent,
+                 SamplerInfo("df", sample_dualfast, 1, "", df), sigmas, seed=5, cfg=3.0)
+theirs_df = comfy.sample.sample_custom(patcher, noise, 3.0, comfy.samplers.KSAMPLER(sample_dualfast, extra_options=df),
+                                       sigmas, [[cond, {}]], [[uncond, {}]], latent, disable_pbar=True, seed=5)
+print(json.dumps({"shape": list(theirs.shape), "diff": float((theirs.cpu() - mine).abs().max()), "error": bad,
+                  "dualfast_diff": float((theirs_df.cpu() - mine_df).abs().max())}))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_DIR"), reason="COMFYUI_DIR is not set to a ComfyUI checkout")
+def test_comfyui_ksampler_runs_bottleneck_and_dualfast_like_the_standalone_loop():
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    out = subprocess.run([python, "-c", COMFY_SCRIPT, str(ROOT)], cwd=os.environ["COMFYUI_DIR"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [1, 3, 32, 32]
+    assert result["diff"] < 1e-4
+    assert "not a positive multiple of the model's patch size 4" in (result["error"] or "")
+    assert result["dualfast_diff"] < 1e-4
+
+
+def test_nodes_build_samplers_and_name_bad_inputs():
+    from turbosample.nodes.registry import NODE_BY_ID
+    from turbosample.nodes.spec import NodeInputError
+
+    node = NODE_BY_ID["TurboSampleBottleneckSampler"]
+    (info,) = node.run(**{**node.defaults(), "steps": "2, 3, 2", "base_sampler": "dpmpp_2m"})
+    assert info.fn is sample_bottleneck and info.options["steps"] == [2, 3, 2]
+    assert info.options["base"] == "dpmpp_2m" and info.options["scales"] == [1.0, 0.5, 1.0]
+    with pytest.raises(NodeInputError, match="scales must be a comma-separated list"):
+        node.run(**{**node.defaults(), "scales": "1, half, 1"})
+    with pytest.raises(NodeInputError, match="stages disagree"):
+        node.run(**{**node.defaults(), "noise": "1, 0.8"})
+    (df,) = NODE_BY_ID["TurboSampleDualFastSampler"].run(base_sampler="dpmpp_2m", coefficient=0.2,
+                                                         schedule="constant")
+    assert df.options == {"base": "dpmpp_2m", "coefficient": 0.2, "schedule": "constant"}
