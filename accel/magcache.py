@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .adapter import TransformerParts, transformer_parts
+from .stacking import check_can_stack
 
 STATE_KEY = "magcache"
 BranchKey = tuple[int, int]  # (cond_or_uncond entry, occurrence in the batch)
@@ -190,6 +191,7 @@ def magcache_model(model, settings: MagCacheSettings, key: str = "magcache",
                    curve_for: Callable[[torch.Tensor], MagCacheSettings] | None = None, record: list | None = None):
     """A patched copy of a ``DiffusionModel`` running MagCache; raises UnsupportedModel before patching."""
     parts = transformer_parts(model.diffusion_model)
+    check_can_stack(model, "magcache")
 
     def wrapper(forward, x, timestep, context, options):
         return magcache_forward(parts, settings, x, timestep, context, options,

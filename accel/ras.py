@@ -43,6 +43,7 @@ from ..samplers.denoiser import DiffusionModel
 from .adapter import TransformerParts, UnsupportedModel, transformer_parts
 from .kv_cache import cached_attention, fill_cache, gather_tokens, scatter_tokens
 from .ras_select import RASConfig, drop_count, select_tokens, step_index
+from .stacking import check_can_stack
 
 WRAPPER_KEY = "turbosample.ras"
 
@@ -143,4 +144,5 @@ def apply_ras(model: DiffusionModel, **settings) -> DiffusionModel:
     if not isinstance(model, DiffusionModel):
         raise UnsupportedModel(f"RAS patches a turbosample DiffusionModel here, got {type(model).__name__}")
     cfg = RASConfig(**settings)
+    check_can_stack(model, WRAPPER_KEY)
     return model.with_wrapper(WRAPPER_KEY, ras_wrapper(model.diffusion_model, cfg))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from ..accel.adapter import UnsupportedModel, transformer_parts
 from ..accel.magcache import MagCacheSettings, magcache_forward
+from ..accel.stacking import check_can_stack
 
 WRAPPER_KEY = "turbosample_magcache"
 RUN_STATE_OPTION = "turbosample_magcache_run"
@@ -63,6 +64,7 @@ def patch_model_patcher(model, settings: MagCacheSettings, curve_for: Callable |
         raise UnsupportedModel(f"TurboSample MagCache in ComfyUI takes a MODEL, got {type(model).__name__}")
     diffusion_model = model.get_model_object("diffusion_model")
     transformer_parts(diffusion_model)  # raises UnsupportedModel before anything is patched
+    check_can_stack(model, WRAPPER_KEY)
     patched = model.clone()
     for kind, wrapper in ((pe.WrappersMP.SAMPLER_SAMPLE, sampler_sample_wrapper),
                           (pe.WrappersMP.DIFFUSION_MODEL, diffusion_model_wrapper(settings, curve_for))):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..accel.adapter import UnsupportedModel
 from ..accel.ras import WRAPPER_KEY, apply_ras, ras_call, ras_parts
 from ..accel.ras_select import METRICS, STARVATION_MODES, RASConfig
+from ..accel.stacking import check_can_stack
 from ..samplers.denoiser import DiffusionModel
 from .spec import NodeInputError, NodeSpec, Output, Param
 
@@ -36,6 +37,7 @@ def comfy_patch_ras(model, **settings) -> tuple:
         cfg = RASConfig(**settings)
         dit = model.get_model_object("diffusion_model")
         parts = ras_parts(dit)
+        check_can_stack(model, WRAPPER_KEY)
     except (UnsupportedModel, ValueError) as exc:
         raise NodeInputError(f"{exc} (TurboSample RAS supports the built-in model in ComfyUI)") from None
     import comfy.patcher_extension as ext
