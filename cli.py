@@ -15,12 +15,15 @@ TYPES = {"INT": int, "FLOAT": float, "STRING": str, "COMBO": str}
 
 
 def add_setting_options(parser: argparse.ArgumentParser) -> None:
-    """One option per setting, typed and documented from the node declarations."""
+    """One option per setting, typed and documented from the node declarations (defaults: the app's)."""
+    from .nodes.txt2img import Settings
+
+    defaults = Settings().to_dict()
     for setting, p in setting_params().items():
         flag = "--" + setting.replace("_", "-")
         limits = f" [{p.min}..{p.max}]" if p.min is not None and p.max is not None else ""
         help_text = f"{LABELS.get(setting, p.tooltip or p.title)}{limits}"
-        default = f"default: {p.default!r}"
+        default = f"default: {defaults[setting]!r}"
         kwargs = {"type": TYPES[p.type], "default": None, "help": f"{help_text} ({default})"}
         if p.type == "COMBO":
             kwargs["help"] = f"{help_text} (one of: {', '.join(p.options())}; {default})"

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from .spec import Param
-from .txt2img import GRAPH, _spec
+from .txt2img import BASE_GRAPH, LOOP_ACCELERATORS, MODEL_PATCHES, SAMPLER_NODES, _spec
 
 LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "sampler": "Sampler", "cfg": "CFG",
-          "flow_shift": "Flow shift", "filename_prefix": "File name prefix"}
+          "flow_shift": "Flow shift", "filename_prefix": "File name prefix", "magcache_threshold": "MagCache threshold",
+          "ras_ratio": "RAS token ratio", "loop_accelerator": "Loop accelerator",
+          "dualfast_coefficient": "DualFast coefficient"}
 HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the unconditional prompt.",
-        "filename_prefix": "Names of saved images."}
+        "filename_prefix": "Names of saved images.",
+        "magcache_threshold": "MagCache: reuse the block-stack residual while the calibrated error stays below "
+                              "this budget (0 = off; 0.05-0.2 typical).",
+        "ras_ratio": "RAS: fraction of image tokens recomputed on sparse steps (1 = off).",
+        "loop_accelerator": "Bottleneck: high -> low -> high resolution stages; DualFast: error-corrected "
+                            "solver step (sampler = its base sampler)."}
+LOOP_ACCELERATOR = Param("loop_accelerator", "COMBO", "none", choices=lambda: list(LOOP_ACCELERATORS),
+                         tooltip="Sampler-level accelerator wrapped around the sampler.")
 
 
 def setting_params() -> dict[str, Param]:
     """Setting name -> the Param of the node input it feeds (first occurrence in the graph)."""
-    out: dict[str, Param] = {}
-    for _key, class_type, _pos, mapping in GRAPH:
+    out: dict[str, Param] = {"loop_accelerator": LOOP_ACCELERATOR}
+    nodes = [(c, m) for _k, c, _p, m in BASE_GRAPH] + [(c, m) for _k, c, _p, m, _f in MODEL_PATCHES]
+    for class_type, mapping in nodes + list(SAMPLER_NODES.values()):
         spec = _spec(class_type)
         for setting, name in mapping.items():
             out.setdefault(setting, spec.param(name))

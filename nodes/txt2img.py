@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, fields
 from .registry import NODE_BY_ID
 from .workflow import CORE_SINKS, WorkflowError, check_api
 
-# (node key, class_type, UI position, {setting: widget input})
-GRAPH = (
+# (node key, class_type, UI position, {setting: widget input}); widgets not mapped keep their declared default
+BASE_GRAPH = (
     ("model", "TurboSampleBuiltinModelLoader", (40, 60), {"flow_shift": "flow_shift"}),
     ("positive", "TurboSampleBuiltinTextEncode", (40, 200), {"prompt": "text"}),
     ("negative", "TurboSampleBuiltinTextEncode", (40, 420), {"negative_prompt": "text"}),
@@ -25,13 +25,58 @@ GRAPH = (
     ("decode", "TurboSampleDecode", (1180, 60), {}),
     ("save", "SaveImage", (1420, 60), {"filename_prefix": "filename_prefix"}),
 )
-# (from key, output slot, to key, input name)
+# Model patches chained between the loader and the model's users, in this order, when their setting enables them
+MODEL_PATCHES = (
+    ("magcache", "TurboSampleMagCache", (420, 420), {"magcache_threshold": "threshold"}, {"resample": "nearest"}),
+    ("ras", "TurboSampleRAS", (420, 640), {"ras_ratio": "sample_ratio"}, {}),
+)
+# Loop accelerators replace the sampler node: name -> (class_type, {setting: widget input})
+SAMPLER_NODES = {
+    "none": ("TurboSampleSamplerSelect", {"sampler": "sampler_name"}),
+    "bottleneck": ("TurboSampleBottleneckSampler", {"sampler": "base_sampler"}),
+    "dualfast": ("TurboSampleDualFastSampler", {"sampler": "base_sampler", "dualfast_coefficient": "coefficient"}),
+}
+LOOP_ACCELERATORS = tuple(SAMPLER_NODES)
+# (from key, output slot, to key, input name); "model" stands for the end of the model-patch chain
 EDGES = (
     ("model", 0, "sigmas", "model"), ("model", 0, "sample", "model"),
     ("positive", 0, "sample", "positive"), ("negative", 0, "sample", "negative"),
     ("sampler", 0, "sample", "sampler"), ("sigmas", 0, "sample", "sigmas"),
     ("latent", 0, "sample", "latent_image"), ("sample", 0, "decode", "samples"), ("decode", 0, "save", "images"),
 )
+
+
+def patch_enabled(key: str, values: dict) -> bool:
+    return values["magcache_threshold"] > 0 if key == "magcache" else values["ras_ratio"] < 1
+
+
+def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
+    """Nodes (key, class_type, pos, mapping, fixed widget values) and edges of the graph for these settings."""
+    values = settings.to_dict()
+    if values["loop_accelerator"] not in SAMPLER_NODES:
+        raise WorkflowError(f"unknown loop accelerator {values['loop_accelerator']!r}; "
+                            f"choose one of {', '.join(LOOP_ACCELERATORS)}")
+    if patch_enabled("magcache", values) and patch_enabled("ras", values):
+        from ..accel.stacking import StackingError, check_can_stack
+
+        try:
+            check_can_stack(None, "turbosample.ras", keys=["magcache"])
+        except StackingError as exc:
+            raise WorkflowError(str(exc)) from None
+    nodes, edges = [], []
+    for key, class_type, pos, mapping in BASE_GRAPH:
+        if key == "sampler":
+            class_type, mapping = SAMPLER_NODES[values["loop_accelerator"]]
+        nodes.append((key, class_type, pos, mapping, {}))
+        if key == "model":
+            model_end = "model"
+            for pkey, ptype, ppos, pmap, fixed in MODEL_PATCHES:
+                if patch_enabled(pkey, values):
+                    nodes.append((pkey, ptype, ppos, pmap, fixed))
+                    edges.append((model_end, 0, pkey, "model"))
+                    model_end = pkey
+    edges += [((model_end if src == "model" else src), slot, dst, name) for src, slot, dst, name in EDGES]
+    return nodes, edges
 
 
 def _spec(class_type: str):
@@ -56,6 +101,10 @@ class Settings:
     scheduler: str = _default("TurboSampleScheduler", "scheduler")
     denoise: float = _default("TurboSampleScheduler", "denoise")
     flow_shift: float = _default("TurboSampleBuiltinModelLoader", "flow_shift")
+    magcache_threshold: float = 0.0  # 0 = MagCache off
+    ras_ratio: float = 1.0  # 1 = RAS off
+    loop_accelerator: str = "none"
+    dualfast_coefficient: float = _default("TurboSampleDualFastSampler", "coefficient")
     filename_prefix: str = "turbosample"
 
     def to_dict(self) -> dict:
@@ -70,18 +119,22 @@ class Settings:
         return cls(**values)
 
 
-def node_ids() -> dict[str, str]:
-    return {key: str(i + 1) for i, (key, *_rest) in enumerate(GRAPH)}
+def node_ids(nodes: list[tuple]) -> dict[str, str]:
+    return {key: str(i + 1) for i, (key, *_rest) in enumerate(nodes)}
 
 
 def to_api_prompt(settings: Settings) -> dict:
     """The API-format prompt of the graph; raises WorkflowError if a setting is out of range."""
-    ids, values = node_ids(), settings.to_dict()
+    nodes, edges = graph(settings)
+    ids, values = node_ids(nodes), settings.to_dict()
     api = {}
-    for key, class_type, _pos, mapping in GRAPH:
-        inputs = {name: values[setting] for setting, name in mapping.items()}
-        api[ids[key]] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": _spec(class_type).display_name}}
-    for src, slot, dst, name in EDGES:
+    for key, class_type, _pos, mapping, fixed in nodes:
+        spec = _spec(class_type)
+        inputs = {p.name: p.default for p in spec.widgets}
+        inputs.update(fixed)
+        inputs.update({name: values[setting] for setting, name in mapping.items()})
+        api[ids[key]] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": spec.display_name}}
+    for src, slot, dst, name in edges:
         api[ids[dst]]["inputs"][name] = [ids[src], slot]
     return check_api(api)
 
@@ -89,9 +142,10 @@ def to_api_prompt(settings: Settings) -> dict:
 def to_ui_workflow(settings: Settings) -> dict:
     """The UI-format (v0.4) workflow that ComfyUI opens by drag and drop."""
     api = to_api_prompt(settings)
-    ids = node_ids()
+    nodes_, edges = graph(settings)
+    ids = node_ids(nodes_)
     links, out_links = [], {}
-    for n, (src, slot, dst, name) in enumerate(EDGES, start=1):
+    for n, (src, slot, dst, name) in enumerate(edges, start=1):
         spec_dst = _spec(api[ids[dst]]["class_type"])
         to_slot = [p.name for p in spec_dst.sockets].index(name)
         out_type = _spec(api[ids[src]]["class_type"]).outputs[slot].type
@@ -99,7 +153,7 @@ def to_ui_workflow(settings: Settings) -> dict:
         out_links.setdefault((ids[src], slot), []).append(n)
     link_to = {(str(lk[3]), lk[4]): lk[0] for lk in links}
     nodes = []
-    for order, (key, class_type, pos, _mapping) in enumerate(GRAPH):
+    for order, (key, class_type, pos, _mapping, _fixed) in enumerate(nodes_):
         nid, spec = ids[key], _spec(class_type)
         widgets = []
         for p in spec.widgets:
@@ -123,37 +177,64 @@ def to_ui_workflow(settings: Settings) -> dict:
 
 def settings_from_api(api: dict) -> Settings:
     """Read the app's settings back from a prompt of this graph's shape (any node ids)."""
-    by_type: dict[str, list[dict]] = {}
-    for node in api.values():
-        by_type.setdefault(node["class_type"], []).append(node)
-    expected = {class_type: sum(1 for _k, c, _p, _m in GRAPH if c == class_type) for _k, class_type, _p, _m in GRAPH}
-    wrong = [f"{c} x{len(by_type.get(c, []))} (expected {n})" for c, n in expected.items()
-             if c != "SaveImage" and len(by_type.get(c, [])) != n]
-    if wrong:
-        raise WorkflowError("this workflow is not the app's text-to-image graph: " + ", ".join(wrong))
-    sample = by_type["TurboSampleSample"][0]["inputs"]
+    samples = [node for node in api.values() if node.get("class_type") == "TurboSampleSample"]
+    if len(samples) != 1:
+        raise WorkflowError("this workflow is not the app's text-to-image graph: it needs one TurboSample Sample "
+                            f"node, found {len(samples)}")
+    sample = samples[0]["inputs"]
 
-    def linked(ref) -> dict:
-        if not isinstance(ref, list) or str(ref[0]) not in api:
-            raise WorkflowError("the Sample node's inputs are not linked as in the app's graph")
-        return api[str(ref[0])]["inputs"]
+    def linked(ref, what: str, types) -> dict:
+        node = api.get(str(ref[0])) if isinstance(ref, list) and ref else None
+        if node is None or node.get("class_type") not in types:
+            raise WorkflowError(f"this workflow is not the app's text-to-image graph: {what} must come from "
+                                f"{' or '.join(types)}")
+        return node
 
-    values: dict = {"seed": sample["seed"], "cfg": sample["cfg"],
-                    "prompt": linked(sample["positive"])["text"],
-                    "negative_prompt": linked(sample["negative"])["text"]}
-    sigmas = linked(sample["sigmas"])
-    values.update(scheduler=sigmas["scheduler"], steps=sigmas["steps"], denoise=sigmas["denoise"],
-                  sampler=linked(sample["sampler"])["sampler_name"],
-                  flow_shift=linked(sample["model"])["flow_shift"])
-    latent = linked(sample["latent_image"])
-    values.update(width=latent["width"], height=latent["height"], batch_size=latent["batch_size"])
-    saves = by_type.get("SaveImage")
+    def read(node: dict, mapping: dict) -> None:
+        values.update({setting: node["inputs"][name] for setting, name in mapping.items()})
+
+    values: dict = {"seed": sample["seed"], "cfg": sample["cfg"]}
+    encode = ("TurboSampleBuiltinTextEncode",)
+    values["prompt"] = linked(sample.get("positive"), "positive", encode)["inputs"]["text"]
+    values["negative_prompt"] = linked(sample.get("negative"), "negative", encode)["inputs"]["text"]
+    patches = {ptype: pmap for _k, ptype, _p, pmap, _f in MODEL_PATCHES}
+    model = linked(sample.get("model"), "the model", ("TurboSampleBuiltinModelLoader", *patches))
+    while model["class_type"] in patches:
+        read(model, patches[model["class_type"]])
+        model = linked(model["inputs"].get("model"), "the model", ("TurboSampleBuiltinModelLoader", *patches))
+    values["flow_shift"] = model["inputs"]["flow_shift"]
+    sampler_types = {ctype: (name, mapping) for name, (ctype, mapping) in SAMPLER_NODES.items()}
+    sampler = linked(sample.get("sampler"), "the sampler", tuple(sampler_types))
+    values["loop_accelerator"], mapping = sampler_types[sampler["class_type"]]
+    read(sampler, mapping)
+    read(linked(sample.get("sigmas"), "the sigmas", ("TurboSampleScheduler",)),
+         {"scheduler": "scheduler", "steps": "steps", "denoise": "denoise"})
+    read(linked(sample.get("latent_image"), "the latent", ("TurboSampleEmptyLatent",)),
+         {"width": "width", "height": "height", "batch_size": "batch_size"})
+    saves = [node for node in api.values() if node.get("class_type") == "SaveImage"]
     if saves:
         values["filename_prefix"] = saves[0]["inputs"]["filename_prefix"]
-    return Settings.from_dict(values)
+    settings = Settings.from_dict(values)
+    ours = sorted(n["class_type"] for n in to_api_prompt(settings).values() if n["class_type"] != "SaveImage")
+    theirs = sorted(n.get("class_type") for n in api.values() if n.get("class_type") not in ("SaveImage", None))
+    if ours != theirs:
+        extra = sorted(set(theirs) - set(ours)) or theirs
+        raise WorkflowError("this workflow is not the app's text-to-image graph (other nodes: "
+                            f"{', '.join(map(str, extra))})")
+    return settings
 
 
-SHIPPED = {"builtin_txt2img": Settings(prompt="grinning face", seed=1)}
+SHIPPED = {
+    "builtin_txt2img": Settings(prompt="grinning face", seed=1),
+    "builtin_magcache": Settings(prompt="red apple", seed=1, magcache_threshold=0.1, filename_prefix="magcache"),
+    "builtin_ras": Settings(prompt="sunflower", seed=1, ras_ratio=0.5, filename_prefix="ras"),
+    "builtin_bottleneck": Settings(prompt="cat face", seed=1, loop_accelerator="bottleneck",
+                                   filename_prefix="bottleneck"),
+    "builtin_dualfast": Settings(prompt="rocket", seed=1, steps=8, loop_accelerator="dualfast",
+                                 filename_prefix="dualfast"),
+    "builtin_uni_pc_8_steps": Settings(prompt="japan flag", seed=1, steps=8, sampler="uni_pc",
+                                       filename_prefix="uni_pc"),
+}
 
 
 def write_shipped_workflows(folder) -> list:

@@ -11,7 +11,8 @@ from turbosample.web.app import ORDER, build_demo
 
 DEFAULTS = {"prompt": "grinning face", "negative_prompt": "", "seed": 3, "steps": 3, "cfg": 4.0, "width": 32,
             "height": 32, "sampler": "euler", "scheduler": "simple", "flow_shift": 1.0, "batch_size": 1,
-            "denoise": 1.0, "filename_prefix": "test"}
+            "denoise": 1.0, "filename_prefix": "test", "magcache_threshold": 0.0, "ras_ratio": 1.0,
+            "loop_accelerator": "none", "dualfast_coefficient": 0.0}
 
 
 def values(**overrides):
@@ -48,6 +49,19 @@ def test_save_and_load_workflow_round_trip(url):
     assert dict(zip(ORDER, loaded, strict=True))["seed"] == 99
     api_path = client.predict(*values(), api_name="/save_api")
     assert "class_type" in json.loads(open(api_path).read())["1"]
+
+
+def test_accelerator_settings_round_trip_and_compare_reports_a_measured_speedup(url):
+    client = Client(url, verbose=False)
+    path = client.predict(*values(ras_ratio=0.5, loop_accelerator="dualfast", dualfast_coefficient=0.3),
+                          api_name="/save_workflow")
+    loaded = dict(zip(ORDER, client.predict(handle_file(path), api_name="/load_workflow"), strict=True))
+    assert (loaded["ras_ratio"], loaded["loop_accelerator"], loaded["dualfast_coefficient"]) == (0.5, "dualfast", 0.3)
+    report = client.predict(*values(ras_ratio=0.5, steps=6), api_name="/compare")
+    assert "speed-up" in report and "PSNR" in report
+    assert "No accelerator" in client.predict(*values(), api_name="/compare")
+    with pytest.raises(Exception, match="cannot be stacked"):
+        client.predict(*values(ras_ratio=0.5, magcache_threshold=0.1), api_name="/generate")
 
 
 def test_bad_input_gives_a_clear_error(url, tmp_path):
