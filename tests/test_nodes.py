@@ -52,3 +52,24 @@ def test_decode_maps_pixels_and_refuses_foreign_latents():
         decode({"samples": torch.zeros(1, 4, 8, 8)})
     with pytest.raises(NodeInputError, match="NaN"):
         decode({"samples": torch.full((1, 3, 4, 4), float("nan"))})
+
+
+def test_schedule_plot_draws_each_schedule_and_rejects_bad_sigmas():
+    import numpy as np
+    import pytest
+    import torch
+
+    from turbosample.nodes.schedule_plot import plot_sigmas, schedule_image
+    from turbosample.nodes.spec import NodeInputError
+
+    (image,) = schedule_image(torch.linspace(1, 0, 9))
+    assert image.shape == (1, 300, 480, 3) and 0 <= float(image.min()) and float(image.max()) <= 1
+    arr = np.asarray(plot_sigmas({"a": torch.linspace(1, 0, 5), "b": torch.tensor([1.0, 0.2, 0.0])}))
+    blue, orange = (arr == (31, 119, 180)).all(-1), (arr == (255, 127, 14)).all(-1)
+    assert blue.sum() > 100 and orange.sum() > 100  # both curves drawn in their own colours
+    # a linear schedule runs from the top-left to the bottom-right corner of the plot area
+    rows, cols = np.nonzero(blue)
+    assert rows[cols.argmin()] < rows[cols.argmax()]
+    for bad in (torch.tensor([1.0]), torch.tensor([float("nan"), 0.0]), torch.zeros(3)):
+        with pytest.raises(NodeInputError):
+            plot_sigmas({"bad": bad})

@@ -116,6 +116,19 @@ def run_generation(values: list, progress=None):
     yield result["images"][0], paths, status, paths[0]
 
 
+def schedule_preview(scheduler: str, steps, flow_shift, denoise):
+    """The sigma schedule the current settings will sample, as a chart (None while a value is invalid)."""
+    from ..nodes.schedule_plot import plot_sigmas
+    from ..samplers.model_sampling import FlowSampling
+    from ..samplers.schedulers import compute_sigmas
+
+    try:
+        sigmas = compute_sigmas(FlowSampling(shift=float(flow_shift)), scheduler, int(steps), float(denoise))
+        return plot_sigmas({f"{scheduler}, {int(steps)} steps, shift {float(flow_shift):g}": sigmas})
+    except (ValueError, TypeError, NodeInputError):
+        return None
+
+
 def baseline_of(settings: Settings) -> Settings:
     """The same run with every accelerator off."""
     return replace(settings, magcache_threshold=0.0, ras_ratio=1.0, loop_accelerator="none")
@@ -210,6 +223,10 @@ def build_demo():
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_id="gallery")
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
                 last_png = gr.File(label="PNG with workflow", elem_id="png_file")
+                schedule = gr.Image(label="Schedule (sigma against step)", type="pil", elem_id="schedule_plot",
+                                    interactive=False, height=240,
+                                    value=schedule_preview(defaults["scheduler"], defaults["steps"],
+                                                           defaults["flow_shift"], defaults["denoise"]))
         inputs = [components[s] for s in ORDER]
 
         def on_generate(*values, progress=gr.Progress()):
@@ -221,6 +238,9 @@ def build_demo():
         save_ui.click(lambda *v: write_workflow(list(v), False), inputs, save_ui, api_name="save_workflow")
         save_api.click(lambda *v: write_workflow(list(v), True), inputs, save_api, api_name="save_api")
         load.upload(read_workflow, load, inputs, api_name="load_workflow")
+        plot_inputs = [components[s] for s in ("scheduler", "steps", "flow_shift", "denoise")]
+        for control in plot_inputs:
+            control.change(schedule_preview, plot_inputs, schedule, api_name=False, queue=False)
         compare_btn.click(lambda *v: compare_with_baseline(list(v)), inputs, compare_out, api_name="compare",
                           concurrency_limit=1, concurrency_id="sampler")
     demo.queue(max_size=16, default_concurrency_limit=1)

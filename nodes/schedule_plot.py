@@ -1,0 +1,60 @@
+"""Schedule preview: sigma against step as a small line chart (Pillow), for the app and an IMAGE node."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .spec import NodeInputError, NodeSpec, Output, Param
+
+COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
+MARGIN = (48, 16, 16, 32)  # left, top, right, bottom
+
+
+def plot_sigmas(curves: dict[str, torch.Tensor], width: int = 480, height: int = 300) -> Image.Image:
+    """Line chart of one or more sigma schedules (step on x, sigma on y), with axis labels and a legend."""
+    if not curves:
+        raise NodeInputError("nothing to plot: no sigma schedule given")
+    values = {name: [float(v) for v in torch.as_tensor(s).flatten()] for name, s in curves.items()}
+    if any(len(v) < 2 for v in values.values()):
+        raise NodeInputError("a schedule needs at least two sigmas to plot")
+    top = max(max(v) for v in values.values())
+    if not top > 0 or any(x != x for v in values.values() for x in v):
+        raise NodeInputError("sigmas must be finite with a positive maximum")
+    steps = max(len(v) for v in values.values()) - 1
+    left, upper, right, lower = MARGIN
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    x0, y0, x1, y1 = left, upper, width - right, height - lower
+    draw.rectangle((x0, y0, x1, y1), outline=(160, 160, 160))
+
+    def point(i: int, sigma: float) -> tuple[float, float]:
+        return x0 + (x1 - x0) * i / steps, y1 - (y1 - y0) * sigma / top
+
+    for k, (name, v) in enumerate(values.items()):
+        color = COLORS[k % len(COLORS)]
+        pts = [point(i, s) for i, s in enumerate(v)]
+        draw.line(pts, fill=color, width=2)
+        for px, py in pts:
+            draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=color)
+        draw.text((x1 - 150, y0 + 6 + 14 * k), name[:24], fill=color)
+    draw.text((4, y0), f"{top:.3g}", fill="black")
+    draw.text((4, y1 - 10), "0", fill="black")
+    draw.text((x0, y1 + 6), "step 0", fill="black")
+    draw.text((x1 - 40, y1 + 6), f"{steps}", fill="black")
+    draw.text(((x0 + x1) // 2 - 30, y1 + 16), "sigma vs step", fill="black")
+    return img
+
+
+def schedule_image(sigmas: torch.Tensor) -> tuple:
+    """SIGMAS -> ComfyUI IMAGE (1, H, W, 3) in [0, 1]."""
+    img = plot_sigmas({"sigmas": sigmas})
+    return (torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None],)
+
+
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("TurboSampleSchedulePlot", "TurboSample Schedule Plot", "TurboSample",
+             "Draws a SIGMAS schedule (sigma against step) as an IMAGE; connect it to Preview Image.",
+             (Param("sigmas", "SIGMAS"),), (Output("IMAGE", "IMAGE"),), schedule_image),
+)
