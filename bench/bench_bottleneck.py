@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from metrics import score
 
 from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
 from turbosample.samplers.bottleneck import DEFAULT_NOISE, DEFAULT_SHIFTS, RESIZERS, sample_bottleneck, split_steps
@@ -34,12 +33,6 @@ def generate(model, info: SamplerInfo, steps: int, conds, size: int, cfg: float)
             for k, (pos, neg) in enumerate(conds)]
     seconds = (time.perf_counter() - start) / len(conds)
     return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
-
-
-def score(images: list, refs: list) -> tuple[float, float]:
-    psnr = [peak_signal_noise_ratio(r, i, data_range=1.0) for i, r in zip(images, refs, strict=True)]
-    ssim = [structural_similarity(r, i, data_range=1.0, channel_axis=2) for i, r in zip(images, refs, strict=True)]
-    return float(np.mean(psnr)), float(np.mean(ssim))
 
 
 def main() -> None:
@@ -65,24 +58,24 @@ def main() -> None:
     print(f"built-in model {args.size}px, CFG {args.cfg}, simple schedule, prompts {PROMPTS} (seed = index), "
           f"base sampler {args.base}, 1 thread\n")
     print("| steps | method | model calls (full + low res) | s/image | speedup vs full | PSNR vs full | "
-          "SSIM vs full |")
-    print("|---|---|---|---|---|---|---|")
+          "SSIM vs full | LPIPS vs full |")
+    print("|---|---|---|---|---|---|---|---|")
     for steps in args.steps:
         refs, full_seconds = generate(model, base, steps, conds, args.size, args.cfg)
-        print(f"| {steps} | {args.base} full cost (reference) | {steps} | {full_seconds:.3f} | 1.00x | - | - |")
+        print(f"| {steps} | {args.base} full cost (reference) | {steps} | {full_seconds:.3f} | 1.00x | - | - | - |")
         for label, options in variants:
             info = SamplerInfo("bottleneck", sample_bottleneck, 1, "", {"base": args.base, **options})
             images, seconds = generate(model, info, steps, conds, args.size, args.cfg)
-            psnr, ssim = score(images, refs)
+            psnr, ssim, lp = score(images, refs)
             split = split_steps(steps, 3)
             print(f"| {steps} | bottleneck {label} | {split[0] + split[2]} + {split[1]} | {seconds:.3f} | "
-                  f"{full_seconds / seconds:.2f}x | {psnr:.2f} | {ssim:.4f} |", flush=True)
+                  f"{full_seconds / seconds:.2f}x | {psnr:.2f} | {ssim:.4f} | {lp:.4f} |", flush=True)
             if label == "defaults":
                 equal = max(1, round(steps * seconds / full_seconds))
                 images, eq_seconds = generate(model, base, equal, conds, args.size, args.cfg)
-                psnr, ssim = score(images, refs)
+                psnr, ssim, lp = score(images, refs)
                 print(f"| {steps} | {args.base} {equal} steps (equal time) | {equal} | {eq_seconds:.3f} | "
-                      f"{full_seconds / eq_seconds:.2f}x | {psnr:.2f} | {ssim:.4f} |", flush=True)
+                      f"{full_seconds / eq_seconds:.2f}x | {psnr:.2f} | {ssim:.4f} | {lp:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from metrics import score
 
 from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
 from turbosample.samplers.dualfast import DEFAULT_COEFFICIENT, sample_dualfast
@@ -33,12 +32,6 @@ def generate(model, info: SamplerInfo, steps: int, conds, size: int, cfg: float)
             for k, (pos, neg) in enumerate(conds)]
     seconds = (time.perf_counter() - start) / len(conds)
     return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
-
-
-def score(images: list, refs: list) -> tuple[float, float]:
-    psnr = [peak_signal_noise_ratio(r, i, data_range=1.0) for i, r in zip(images, refs, strict=True)]
-    ssim = [structural_similarity(r, i, data_range=1.0, channel_axis=2) for i, r in zip(images, refs, strict=True)]
-    return float(np.mean(psnr)), float(np.mean(ssim))
 
 
 def dualfast(base: str, coefficient: float, schedule: str = "linear", reference: str = "previous",
@@ -73,20 +66,20 @@ def main() -> None:
                     for c in (-0.3, -0.15, 0.15, 0.3, 0.6)] + [(c, "linear", "first", "d") for c in (-0.3, 0.3)]
     else:
         variants = [(c, args.schedule, "previous", "d") for c in (args.coefficients or [None])]
-    print("| base | NFE | base PSNR | base SSIM | base s/img | variant | DualFast PSNR | DualFast SSIM | "
-          "DualFast s/img | dPSNR |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| base | NFE | base PSNR | base SSIM | base LPIPS | base s/img | variant | DualFast PSNR | DualFast SSIM | "
+          "DualFast LPIPS | DualFast s/img | dPSNR |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for base in args.bases:
         for nfe in args.nfe:
             images, base_seconds = generate(model, SAMPLERS[base], nfe, conds, args.size, args.cfg)
-            base_psnr, base_ssim = score(images, refs)
+            base_psnr, base_ssim, base_lp = score(images, refs)
             for c, schedule, reference, target in variants:
                 c = DEFAULT_COEFFICIENT.get(base, 0.0) if c is None else c
                 info = dualfast(base, c, schedule, reference, target)
                 images, seconds = generate(model, info, nfe, conds, args.size, args.cfg)
-                psnr, ssim = score(images, refs)
-                print(f"| {base} | {nfe} | {base_psnr:.2f} | {base_ssim:.4f} | {base_seconds:.3f} | "
-                      f"c={c:g} {schedule} {reference} {target} | {psnr:.2f} | {ssim:.4f} | {seconds:.3f} | "
+                psnr, ssim, lp = score(images, refs)
+                print(f"| {base} | {nfe} | {base_psnr:.2f} | {base_ssim:.4f} | {base_lp:.4f} | {base_seconds:.3f} | "
+                      f"c={c:g} {schedule} {reference} {target} | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {seconds:.3f} | "
                       f"{psnr - base_psnr:+.2f} |", flush=True)
 
 

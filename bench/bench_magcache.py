@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from metrics import score
 
 from turbosample.accel.magcache import magcache_model
 from turbosample.accel.magcache_calibration import (
@@ -37,9 +37,8 @@ def to_image(x: torch.Tensor) -> np.ndarray:
     return ((x[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
 
 
-def fidelity(img: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    psnr = peak_signal_noise_ratio(ref, img, data_range=1.0)
-    return min(psnr, 99.0), structural_similarity(ref, img, channel_axis=2, data_range=1.0)
+def fidelity(img: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
+    return score([img], [ref])
 
 
 def timed(fn):
@@ -82,7 +81,8 @@ def main() -> None:
             ref, t_base = timed(lambda: run(model))
             ref_img = to_image(ref)
             rows.setdefault("unaccelerated", []).append(
-                {"t": t_base, "speedup": 1.0, "calls": float(args.steps), "psnr": 99.0, "ssim": 1.0})
+                {"t": t_base, "speedup": 1.0, "calls": float(args.steps), "psnr": 100.0, "ssim": 1.0,
+                 "lpips": 0.0})
             for th in args.thresholds:
                 record: list = []
                 template, curve_for = run_settings(cal, th, args.max_skip_steps, args.retention_ratio)
@@ -90,26 +90,27 @@ def main() -> None:
                 out, t = timed(lambda p=patched: run(p))
                 computed = [not skip for *_, skip in record]
                 calls = sum(computed) / max(1, len({key for key, *_ in record}))  # full stacks per branch
-                psnr, ssim = fidelity(to_image(out), ref_img)
+                psnr, ssim, lp = fidelity(to_image(out), ref_img)
                 rows.setdefault(f"MagCache δ={th:g}", []).append(
-                    {"t": t, "speedup": t_base / t, "calls": calls, "psnr": psnr, "ssim": ssim})
+                    {"t": t, "speedup": t_base / t, "calls": calls, "psnr": psnr, "ssim": ssim, "lpips": lp})
                 n = max(1, round(calls))
                 few, t_few = timed(lambda n=n: run(model, compute_sigmas(model.model_sampling, "simple", n, 1.0)))
-                psnr, ssim = fidelity(to_image(few), ref_img)
+                psnr, ssim, lp = fidelity(to_image(few), ref_img)
                 rows.setdefault(f"fewer steps (calls of δ={th:g})", []).append(
-                    {"t": t_few, "speedup": t_base / t_few, "calls": float(n), "psnr": psnr, "ssim": ssim})
+                    {"t": t_few, "speedup": t_base / t_few, "calls": float(n), "psnr": psnr, "ssim": ssim,
+                     "lpips": lp})
 
     print(f"\nBuilt-in model, {args.size}x{args.size}, {args.steps} steps euler/simple, CFG {args.cfg}, "
           f"K={args.max_skip_steps}, retention={args.retention_ratio}, {len(args.prompts)} prompts x "
           f"{len(args.seeds)} seeds, torch threads={torch.get_num_threads()}\n")
-    print("| method | full model calls | wall time (s) | speed-up | PSNR (dB) | SSIM |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| method | full model calls | wall time (s) | speed-up | PSNR (dB) | SSIM | LPIPS |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, rs in rows.items():
         def mean(key, rs=rs):
             return statistics.fmean(r[key] for r in rs)
 
         print(f"| {name} | {mean('calls'):.1f} | {mean('t'):.2f} | {mean('speedup'):.2f}x | {mean('psnr'):.2f} | "
-              f"{mean('ssim'):.4f} |")
+              f"{mean('ssim'):.4f} | {mean('lpips'):.4f} |")
 
 
 if __name__ == "__main__":

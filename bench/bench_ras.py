@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python bench/bench_ras.py --prompts 4 --ratios 0.75 0.5 0.25
     OMP_NUM_THREADS=1 python bench/bench_ras.py --starvation-study
 
-Times are CPU seconds of this process per image (robust on a shared machine; use --threads 1).
+Times are wall-clock seconds per image (run it on an otherwise idle machine).
 Every row uses the same prompts, seeds, schedule (simple), sampler (euler) and CFG; the reference is the plain
 model with the same steps. "fewer steps" is the plain model with its step count scaled by the RAS row's
 time ratio (about the same wall time), scored against the same reference. "work" is the fraction of
@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from metrics import score
 
 from turbosample.accel.ras import apply_ras
 from turbosample.accel.ras_select import RASConfig, is_dense_step
@@ -31,23 +30,13 @@ PROMPTS = ["grinning face", "cat face", "red apple", "rocket", "sunflower", "sli
 
 
 def generate(model, conds: list, steps: int, size: int, cfg: float) -> tuple[list, float]:
-    """Images (H, W, 3) in [0, 1] for every (prompt, seed) and the mean CPU seconds per image.
-
-    CPU time of this process (``time.process_time``) rather than wall time: the machine may be shared, and
-    with one thread CPU time is what a quiet machine's wall time would be.
-    """
+    """Images (H, W, 3) in [0, 1] for every (prompt, seed) and the mean wall seconds per image."""
     sigmas = compute_sigmas(model.model_sampling, "simple", steps)
-    start = time.process_time()
+    start = time.perf_counter()
     outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), SAMPLERS["euler"], sigmas, seed=seed, cfg=cfg)
             for pos, neg, seed in conds]
-    seconds = (time.process_time() - start) / len(conds)
+    seconds = (time.perf_counter() - start) / len(conds)
     return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
-
-
-def score(images: list, refs: list) -> tuple[float, float]:
-    psnr = [peak_signal_noise_ratio(r, i, data_range=1.0) for i, r in zip(images, refs, strict=True)]
-    ssim = [structural_similarity(r, i, data_range=1.0, channel_axis=2) for i, r in zip(images, refs, strict=True)]
-    return float(np.mean(psnr)), float(np.mean(ssim))
 
 
 def work_fraction(cfg: RASConfig, steps: int) -> float:
@@ -75,28 +64,28 @@ def main() -> None:
     refs, t_ref = generate(model, conds, args.steps, args.size, args.cfg)
 
     print(f"built-in model {args.size}x{args.size}, euler {args.steps} steps, CFG {args.cfg}, {len(conds)} images, "
-          f"{torch.get_num_threads()} thread(s); plain: {t_ref:.3f} CPU s/image\n")
+          f"{torch.get_num_threads()} thread(s); plain: {t_ref:.3f} s/image\n")
     if args.starvation_study:
-        print("| starvation | scale | PSNR dB | SSIM | CPU s/image |\n| --- | --- | --- | --- | --- |")
+        print("| starvation | scale | PSNR dB | SSIM | LPIPS | s/image |\n| --- | --- | --- | --- | --- | --- |")
         for mode, scale in [("spread", 0.0), ("spread", 0.1), ("official", 0.1), ("spread", 0.5),
                             ("official", 0.5), ("spread", 1.0), ("official", 1.0)]:
             imgs, t = generate(apply_ras(model, sample_ratio=0.5, starvation=mode, starvation_scale=scale), conds,
                                args.steps, args.size, args.cfg)
-            psnr, ssim = score(imgs, refs)
-            print(f"| {mode if scale else '-'} | {scale} | {psnr:.2f} | {ssim:.4f} | {t:.3f} |")
+            psnr, ssim, lp = score(imgs, refs)
+            print(f"| {mode if scale else '-'} | {scale} | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {t:.3f} |")
         return
 
-    print("| RAS ratio | work | CPU s/img | speedup | PSNR dB | SSIM | fewer steps (same time) | PSNR dB | SSIM |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| RAS ratio | work | s/img | speedup | PSNR dB | SSIM | LPIPS | fewer steps (same time) | PSNR dB | SSIM | "
+          "LPIPS |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for ratio in args.ratios:
         cfg = RASConfig(sample_ratio=ratio)
         imgs, t = generate(apply_ras(model, sample_ratio=ratio), conds, args.steps, args.size, args.cfg)
-        psnr, ssim = score(imgs, refs)
+        psnr, ssim, lp = score(imgs, refs)
         few = max(1, round(args.steps * t / t_ref))
         few_imgs, _ = generate(model, conds, few, args.size, args.cfg)
-        few_psnr, few_ssim = score(few_imgs, refs)
+        few_psnr, few_ssim, few_lp = score(few_imgs, refs)
         print(f"| {ratio} | {work_fraction(cfg, args.steps):.2f} | {t:.3f} | {t_ref / t:.2f}x | {psnr:.2f} | "
-              f"{ssim:.4f} | {few} steps | {few_psnr:.2f} | {few_ssim:.4f} |")
+              f"{ssim:.4f} | {lp:.4f} | {few} steps | {few_psnr:.2f} | {few_ssim:.4f} | {few_lp:.4f} |")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from metrics import score
 
 from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
 from turbosample.samplers.registry import SAMPLERS
@@ -43,12 +42,6 @@ def run(model, name: str, steps: int, conds, size: int, cfg: float, scheduler: s
     return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], calls // len(conds), seconds
 
 
-def score(images: list, refs: list) -> tuple[float, float]:
-    psnr = [peak_signal_noise_ratio(r, i, data_range=1.0) for i, r in zip(images, refs, strict=True)]
-    ssim = [structural_similarity(r, i, data_range=1.0, channel_axis=2) for i, r in zip(images, refs, strict=True)]
-    return float(np.mean(psnr)), float(np.mean(ssim))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 16, 32])
@@ -69,9 +62,9 @@ def main() -> None:
         for nfe in args.nfe:
             steps = max(1, (nfe + 1) // 2 if info.calls_per_step == 2 else nfe)  # 2-call solvers: 2 steps - 1 calls
             images, used, seconds = run(model, name, steps, conds, args.size, args.cfg, args.scheduler)
-            psnr, ssim = score(images, refs)
+            psnr, ssim, lp = score(images, refs)
             rows.append({"sampler": name, "target_nfe": nfe, "nfe": used, "steps": steps, "psnr": round(psnr, 2),
-                         "ssim": round(ssim, 4), "seconds_per_image": round(seconds, 3)})
+                         "ssim": round(ssim, 4), "lpips": round(lp, 4), "seconds_per_image": round(seconds, 3)})
             print(json.dumps(rows[-1]), flush=True)
     result = {"reference": {"sampler": "heun", "steps": args.ref_steps, "nfe": ref_nfe}, "size": args.size,
               "cfg": args.cfg, "scheduler": args.scheduler, "prompts": PROMPTS, "rows": rows}

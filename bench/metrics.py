@@ -74,3 +74,9 @@ def paired_scores(images: list[np.ndarray], refs: list[np.ndarray]) -> dict[str,
     lp = [lpips(i, r) for i, r in pairs]
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)),
             "lpips": None if any(v is None for v in lp) else float(np.mean(lp))}
+
+
+def score(images: list[np.ndarray], refs: list[np.ndarray]) -> tuple[float, float, float]:
+    """(PSNR, SSIM, LPIPS) means; LPIPS is NaN when its weights are absent."""
+    s = paired_scores(images, refs)
+    return s["psnr"], s["ssim"], float("nan") if s["lpips"] is None else s["lpips"]
