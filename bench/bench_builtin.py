@@ -50,15 +50,18 @@ def rank_of_targets(images: torch.Tensor, generated: torch.Tensor, targets: list
     return [int((dists[i] < dists[i, t]).sum()) for i, t in enumerate(targets)]
 
 
-def generate_batch(prompts: list[str], cfg: float, steps: int, size: int, seed: int) -> torch.Tensor:
+def generate_batch(prompts: list[str], cfg: float, steps: int, size: int, seed: int, shift: float = 1.0
+                   ) -> torch.Tensor:
     out = []
     for k, prompt in enumerate(prompts):
-        img = generate(Settings(prompt=prompt, cfg=cfg, steps=steps, width=size, height=size, seed=seed + k))[0]
+        img = generate(Settings(prompt=prompt, cfg=cfg, steps=steps, width=size, height=size, seed=seed + k,
+                                flow_shift=shift))[0]
         out.append(torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 127.5 - 1)
     return torch.stack(out)
 
 
-def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list[int], seed: int) -> list[dict]:
+def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list[int], seed: int,
+             shifts: tuple[float, ...] = (1.0,)) -> list[dict]:
     rng = random.Random(seed)
     picks = rng.sample(range(len(prompts)), n)
     names = [prompts[i][0] for i in picks]
@@ -66,12 +69,12 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
     para = [(p, first[t]) for p, t in PARAPHRASES.items() if t in first]
     rows = []
     for size in sizes:
-        for cfg in cfgs:
+        for cfg, shift in [(c, s) for s in shifts for c in cfgs]:
             start = time.perf_counter()
-            ranks = rank_of_targets(images, generate_batch(names, cfg, steps, size, seed), picks)
-            para_ranks = rank_of_targets(images, generate_batch([p for p, _ in para], cfg, steps, size, seed),
+            ranks = rank_of_targets(images, generate_batch(names, cfg, steps, size, seed, shift), picks)
+            para_ranks = rank_of_targets(images, generate_batch([p for p, _ in para], cfg, steps, size, seed, shift),
                                          [t for _, t in para])
-            rows.append({"size": size, "cfg": cfg, "steps": steps, "n": n,
+            rows.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps, "n": n,
                          "top1": sum(r == 0 for r in ranks) / n, "top10": sum(r < 10 for r in ranks) / n,
                          "median_rank": statistics.median(ranks),
                          "paraphrase_top10": sum(r < 10 for r in para_ranks) / len(para),
@@ -89,6 +92,7 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, nargs="+", default=[1.0, 2.0, 4.0, 6.0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 32])
     ap.add_argument("--steps", type=int, default=28)
+    ap.add_argument("--shifts", type=float, nargs="+", default=[1.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-cache", default=str(Path.home() / ".cache" / "turbosample" / "emoji"))
     ap.add_argument("--out", default="bench/out/builtin.json")
@@ -97,7 +101,8 @@ def main() -> None:
     images, prompts, _ = load_emoji(fetch_package(Path(args.data_cache)))
     result = {"threads": args.threads, "timing": time_default(args.runs)}
     print(json.dumps(result["timing"]), flush=True)
-    result["fidelity"] = fidelity(images, prompts, args.n, args.cfg, args.steps, args.sizes, args.seed)
+    result["fidelity"] = fidelity(images, prompts, args.n, args.cfg, args.steps, args.sizes, args.seed,
+                                  tuple(args.shifts))
     result["chance_top1"] = 1 / len(prompts)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
