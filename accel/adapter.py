@@ -72,6 +72,17 @@ def builtin_parts(model: torch.nn.Module) -> TransformerParts:
 ADAPTERS: dict[str, Callable[[torch.nn.Module], TransformerParts]] = {"TinyDiT": builtin_parts}
 
 
+def diffusers_adapter(model: torch.nn.Module) -> TransformerParts:
+    """diffusers SD3 / Flux / Wan transformers (``accel.diffusers_adapters``, imported on first use)."""
+    from .diffusers_adapters import diffusers_parts
+
+    return diffusers_parts(model)
+
+
+ADAPTERS.update(dict.fromkeys(("SD3Transformer2DModel", "FluxTransformer2DModel", "WanTransformer3DModel",
+                               "DiffusersDiT"), diffusers_adapter))
+
+
 def transformer_parts(model: torch.nn.Module) -> TransformerParts:
     """The parts of a supported transformer; a clear error names what is supported otherwise."""
     adapter = next((ADAPTERS[c.__name__] for c in type(model).__mro__ if c.__name__ in ADAPTERS), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .attention_nodes import NODES as ATTENTION_NODES
 from .builtin_nodes import NODES as BUILTIN_NODES
 from .loop_accel_nodes import NODES as LOOP_ACCEL_NODES
 from .magcache_nodes import NODES as MAGCACHE_NODES
@@ -9,5 +10,6 @@ from .ras_nodes import NODES as RAS_NODES
 from .schedule_plot import NODES as PLOT_NODES
 from .spec import NodeSpec
 
-NODES: tuple[NodeSpec, ...] = BUILTIN_NODES + RAS_NODES + MAGCACHE_NODES + LOOP_ACCEL_NODES + PLOT_NODES
+NODES: tuple[NodeSpec, ...] = (BUILTIN_NODES + RAS_NODES + MAGCACHE_NODES + LOOP_ACCEL_NODES + PLOT_NODES
+                              + ATTENTION_NODES)
 NODE_BY_ID: dict[str, NodeSpec] = {n.node_id: n for n in NODES}
