@@ -8,12 +8,14 @@ from .txt2img import BASE_GRAPH, LOOP_ACCELERATORS, MODEL_PATCHES, SAMPLER_NODES
 LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "sampler": "Sampler", "cfg": "CFG",
           "flow_shift": "Flow shift", "filename_prefix": "File name prefix", "magcache_threshold": "MagCache threshold",
           "ras_ratio": "RAS token ratio", "loop_accelerator": "Loop accelerator",
-          "dualfast_coefficient": "DualFast coefficient"}
+          "dualfast_coefficient": "DualFast coefficient", "attention": "Attention backend"}
 HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the unconditional prompt.",
         "filename_prefix": "Names of saved images.",
         "magcache_threshold": "MagCache: reuse the block-stack residual while the calibrated error stays below "
                               "this budget (0 = off; 0.05-0.2 typical).",
         "ras_ratio": "RAS: fraction of image tokens recomputed on sparse steps (1 = off).",
+        "attention": "sdpa: torch's fused attention; auto: xformers only where it works and is faster; "
+                     "xformers: error if it cannot run here.",
         "loop_accelerator": "Bottleneck: high -> low -> high resolution stages; DualFast: error-corrected "
                             "solver step (sampler = its base sampler)."}
 LOOP_ACCELERATOR = Param("loop_accelerator", "COMBO", "none", choices=lambda: list(LOOP_ACCELERATORS),

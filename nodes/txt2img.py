@@ -27,6 +27,7 @@ BASE_GRAPH = (
 )
 # Model patches chained between the loader and the model's users, in this order, when their setting enables them
 MODEL_PATCHES = (
+    ("attention", "TurboSampleAttentionBackend", (420, 860), {"attention": "backend"}, {}),
     ("magcache", "TurboSampleMagCache", (420, 420), {"magcache_threshold": "threshold"}, {"resample": "nearest"}),
     ("ras", "TurboSampleRAS", (420, 640), {"ras_ratio": "sample_ratio"}, {}),
 )
@@ -47,6 +48,8 @@ EDGES = (
 
 
 def patch_enabled(key: str, values: dict) -> bool:
+    if key == "attention":
+        return values["attention"] != "sdpa"  # sdpa is what the model uses unpatched
     return values["magcache_threshold"] > 0 if key == "magcache" else values["ras_ratio"] < 1
 
 
@@ -101,6 +104,7 @@ class Settings:
     scheduler: str = _default("TurboSampleScheduler", "scheduler")
     denoise: float = _default("TurboSampleScheduler", "denoise")
     flow_shift: float = _default("TurboSampleBuiltinModelLoader", "flow_shift")
+    attention: str = "sdpa"
     magcache_threshold: float = 0.0  # 0 = MagCache off
     ras_ratio: float = 1.0  # 1 = RAS off
     loop_accelerator: str = "none"
