@@ -58,3 +58,21 @@ for _base in ("euler", "dpmpp_2m", "uni_pc"):
     SAMPLERS[f"{_base}_dualfast"] = SamplerInfo(
         f"{_base}_dualfast", dualfast.sample_dualfast, 1, f"{_base} with the DualFast error correction",
         {"base": _base, "coefficient": dualfast.DEFAULT_COEFFICIENT[_base]})
+
+# Methods no UI ships (churn.py, restart.py, momentum.py, time_shift.py); see each module's docstring
+from . import churn, momentum, restart, time_shift  # noqa: E402
+
+for _base, _calls in (("euler", 1), ("heun", 2), ("dpm_2", 2)):
+    SAMPLERS[f"{_base}_churn"] = SamplerInfo(
+        f"{_base}_churn", churn.sample_churn, _calls, f"{_base} with EDM stochastic churn (ImageNet-64 settings)",
+        {"method": _base, **churn.EDM_DEFAULTS})
+SAMPLERS["restart"] = SamplerInfo("restart", restart.sample_restart, 2,
+                                  "Restart: Heun with re-noised restart segments (steps = total Heun steps)")
+SAMPLERS["ghvb"] = SamplerInfo("ghvb", momentum.sample_momentum, 1, "GHVB momentum Adams-Bashforth (order 4, beta 0.8)",
+                               {"method": "ghvb", "order": 4, "beta": 0.8})
+SAMPLERS["plms_hb"] = SamplerInfo("plms_hb", momentum.sample_momentum, 1, "PLMS with heavy-ball momentum (beta 0.8)",
+                                  {"method": "hb", "order": 4, "beta": 0.8})
+for _base in ("euler", "dpmpp_2m"):
+    SAMPLERS[f"{_base}_time_shift"] = SamplerInfo(
+        f"{_base}_time_shift", time_shift.sample_time_shift, 1, f"{_base} with the Time-Shift sampler",
+        {"base": _base, "window": time_shift.DEFAULT_WINDOW, "cutoff": time_shift.DEFAULT_CUTOFF})

@@ -126,3 +126,9 @@ def compute_sigmas(model_sampling, scheduler: str, steps: int, denoise: float = 
     if denoise >= 1.0:
         return SCHEDULERS[scheduler](model_sampling, steps)
     return SCHEDULERS[scheduler](model_sampling, int(steps / denoise))[-(steps + 1):]
+
+
+# Align Your Steps lists (ays.py), appended after ComfyUI's names
+from .ays import AYS_SCHEDULERS  # noqa: E402
+
+SCHEDULERS.update(AYS_SCHEDULERS)
