@@ -238,6 +238,12 @@ SHIPPED = {
                                  filename_prefix="dualfast"),
     "builtin_uni_pc_8_steps": Settings(prompt="japan flag", seed=1, steps=8, sampler="uni_pc",
                                        filename_prefix="uni_pc"),
+    "builtin_restart": Settings(prompt="slice of pizza", seed=1, steps=24, sampler="restart",
+                                filename_prefix="restart"),
+    "builtin_ghvb_momentum": Settings(prompt="thumbs up sign", seed=1, steps=12, sampler="ghvb",
+                                      filename_prefix="ghvb"),
+    "builtin_time_shift": Settings(prompt="sunflower", seed=1, steps=10, sampler="dpmpp_2m_time_shift",
+                                   filename_prefix="time_shift"),
 }
 
 
