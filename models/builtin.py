@@ -21,7 +21,7 @@ def save_weights(model: TinyDiT, path: Path, info: dict) -> None:
     meta = {"turbosample.model_id": MODEL_ID, "turbosample.config": json.dumps(model.config.to_dict()),
             "turbosample.info": json.dumps(info)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
 
 
 def read_metadata(path: Path) -> dict:

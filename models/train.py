@@ -34,12 +34,12 @@ def build_text_table(prompts: list[list[str]]) -> tuple[torch.Tensor, torch.Tens
 
 def sample_batch(images: torch.Tensor, text: tuple, batch: int, size: int, drop: float, gen: torch.Generator):
     emb, starts, counts = text
-    idx = torch.randint(0, images.shape[0], (batch,), generator=gen)
+    idx = torch.randint(0, images.shape[0], (batch,), generator=gen).to(images.device)
     x0 = images[idx]
     if size != x0.shape[-1]:
         x0 = F.interpolate(x0, size=(size, size), mode="area")
-    pick = starts[idx] + (torch.rand(batch, generator=gen) * counts[idx]).long()
-    cond = emb[pick] * (torch.rand(batch, 1, generator=gen) >= drop)
+    pick = starts[idx] + (torch.rand(batch, generator=gen).to(emb.device) * counts[idx]).long()
+    cond = emb[pick] * (torch.rand(batch, 1, generator=gen).to(emb.device) >= drop)
     return x0, cond[:, None, :]
 
 
@@ -54,14 +54,17 @@ def train(args: argparse.Namespace) -> None:
     random.seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     images, prompts, _ = load_emoji(fetch_package(Path(args.data_cache)))
-    text = build_text_table(prompts)
+    text = tuple(t.to(device) for t in build_text_table(prompts))
+    images = images.to(device)
     print(f"{images.shape[0]} images, {text[0].shape[0]} prompt variants", flush=True)
     config = DiTConfig(width=args.width, depth=args.depth, heads=args.heads)
     model = TinyDiT(config)
     if args.init:
         model.load_state_dict(load_model(args.init).state_dict())
-    ema = TinyDiT(config)
+    model.to(device)
+    ema = TinyDiT(config).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -72,8 +75,8 @@ def train(args: argparse.Namespace) -> None:
         size = 64 if high else 32
         batch = args.batch_high if high else args.batch
         x0, cond = sample_batch(images, text, batch, size, args.cond_drop, gen)
-        s = torch.sigmoid(torch.randn(batch, generator=gen))
-        noise = torch.randn(x0.shape, generator=gen)
+        s = torch.sigmoid(torch.randn(batch, generator=gen)).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
         xt = (1 - s)[:, None, None, None] * x0 + s[:, None, None, None] * noise
         loss = F.mse_loss(model(xt, s * 1000, cond), noise - x0)
         for group in opt.param_groups:
@@ -97,7 +100,8 @@ def train(args: argparse.Namespace) -> None:
     minutes = (time.time() - start) / 60
     info = {"model_id": MODEL_ID, "data": PACKAGE, "init": args.init and read_info(args.init),
             "text_encoder": TEXT_ENCODER_ID, "steps": total,
-            "images_seen": seen, "train_minutes": round(minutes, 1), "device": f"cpu x{args.threads} threads",
+            "images_seen": seen, "train_minutes": round(minutes, 1),
+            "device": f"cpu x{args.threads} threads" if device.type == "cpu" else torch.cuda.get_device_name(device),
             "args": vars(args)}
     save_weights(ema, Path(args.out), info)
     print(json.dumps(info), flush=True)
@@ -128,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--checkpoint-every", type=int, default=250)
     ap.add_argument("--init", help="start from these built-in weights (a fine-tuning stage)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (random draws stay on the CPU generator)")
     return ap.parse_args(argv)
 
 
