@@ -54,4 +54,5 @@ class TurboSampleExtension(ComfyExtension):
         register_ksampler_names()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        await self.on_load()  # ComfyUI releases before on_load support only call get_node_list (idempotent)
         return [make_node_class(spec) for spec in NODES]
