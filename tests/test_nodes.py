@@ -73,3 +73,24 @@ def test_schedule_plot_draws_each_schedule_and_rejects_bad_sigmas():
     for bad in (torch.tensor([1.0]), torch.tensor([float("nan"), 0.0]), torch.zeros(3)):
         with pytest.raises(NodeInputError):
             plot_sigmas({"bad": bad})
+
+
+def test_flow_shift_scheduler_node_matches_the_flow_shift_functions_and_flux_rule():
+    import pytest
+    import torch
+
+    from turbosample.nodes.flow_shift_nodes import flow_shift_sigmas
+    from turbosample.nodes.spec import NodeInputError
+    from turbosample.samplers.flow_shift import resolution_mu, shifted_schedule
+    from turbosample.samplers.model_sampling import FlowSampling
+    from turbosample.samplers.schedulers import compute_sigmas
+
+    (const,) = flow_shift_sigmas("karras", 10, 1.0, "constant", 3.0, 1024, 1024, 16, 0.5, 1.15)
+    assert torch.allclose(const, compute_sigmas(FlowSampling(shift=3.0), "karras", 10))
+    (res,) = flow_shift_sigmas("simple", 10, 1.0, "resolution", 3.0, 1024, 1024, 16, 0.5, 1.15)
+    assert torch.equal(res, shifted_schedule("simple", 10, image_seq_len=4096))
+    assert resolution_mu(4096) == pytest.approx(1.15) and resolution_mu(256) == pytest.approx(0.5)
+    (small,) = flow_shift_sigmas("simple", 10, 1.0, "resolution", 3.0, 256, 256, 16, 0.5, 1.15)
+    assert (small[1:-1] < res[1:-1]).all()  # fewer tokens -> less shift toward high noise
+    with pytest.raises(NodeInputError, match="leave no tokens"):
+        flow_shift_sigmas("simple", 10, 1.0, "resolution", 3.0, 8, 8, 16, 0.5, 1.15)
