@@ -94,3 +94,36 @@ def test_flow_shift_scheduler_node_matches_the_flow_shift_functions_and_flux_rul
     assert (small[1:-1] < res[1:-1]).all()  # fewer tokens -> less shift toward high noise
     with pytest.raises(NodeInputError, match="leave no tokens"):
         flow_shift_sigmas("simple", 10, 1.0, "resolution", 3.0, 8, 8, 16, 0.5, 1.15)
+
+
+def test_gap_sampler_nodes_reduce_to_their_base_and_reject_bad_knobs():
+    import pytest
+    import torch
+
+    from turbosample.nodes.gap_sampler_nodes import NODES
+    from turbosample.nodes.spec import NodeInputError
+    from turbosample.samplers.model_sampling import FlowSampling
+    from turbosample.samplers.registry import SAMPLERS
+
+    spec = {n.node_id: n for n in NODES}
+    ms = FlowSampling()
+
+    def model(x, sigma, **_):
+        return 0.5 * x / (1 + sigma.view(-1, 1, 1, 1))
+
+    x, sigmas = torch.randn(1, 3, 8, 8), torch.linspace(1, 0, 7)
+    extra = {"seed": 3, "model_sampling": ms}
+
+    def run(info):
+        return info.fn(model, x.clone(), sigmas, extra_args=dict(extra), callback=None, disable=True, **info.options)
+
+    (churn0,) = spec["TurboSampleChurnSampler"].fn(method="heun", s_churn=0.0, s_tmin=0.0, s_tmax=1e6, s_noise=1.0)
+    assert torch.equal(run(churn0), run(SAMPLERS["heun"]))
+    (hb1,) = spec["TurboSampleMomentumSampler"].fn(method="ghvb", order=1, beta=1.0)
+    assert torch.allclose(run(hb1), run(SAMPLERS["euler"]), atol=1e-6)
+    (ts0,) = spec["TurboSampleTimeShiftSampler"].fn(base_sampler="dpmpp_2m", window=0, cutoff=300)
+    assert torch.equal(run(ts0), run(SAMPLERS["dpmpp_2m"]))
+    with pytest.raises(NodeInputError):
+        spec["TurboSampleChurnSampler"].fn(method="euler", s_churn=-1.0, s_tmin=0.0, s_tmax=1.0, s_noise=1.0)
+    with pytest.raises(NodeInputError):
+        spec["TurboSampleMomentumSampler"].fn(method="hb", order=2, beta=0.0)
