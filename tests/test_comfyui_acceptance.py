@@ -170,6 +170,10 @@ def test_our_schedulers_join_core_ksampler_lists_without_changing_core_names(com
         "steps": 6, "cfg": 3.0, "sampler_name": "euler", "scheduler": "polyexponential", "denoise": 1.0}}
     prompt["8"]["inputs"]["samples"] = ["10", 0]  # core KSampler with a scheduler ComfyUI itself lacks
     assert saved_images(base, run_prompt(url, prompt))
+    for name in ("euler_dualfast", "restart", "ghvb", "dpmpp_2m_time_shift", "heun_churn"):
+        assert name in samplers
+        prompt["10"]["inputs"].update(sampler_name=name, scheduler="simple")  # and samplers it lacks
+        assert saved_images(base, run_prompt(url, prompt)), name
 
 
 def test_bad_input_is_reported_by_comfyui(comfy):
