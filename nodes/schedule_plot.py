@@ -38,7 +38,8 @@ def plot_sigmas(curves: dict[str, torch.Tensor], width: int = 480, height: int =
         draw.line(pts, fill=color, width=2)
         for px, py in pts:
             draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=color)
-        draw.text((x1 - 150, y0 + 6 + 14 * k), name[:24], fill=color)
+        label = name[:44]
+        draw.text((x1 - 8 - 6 * len(label), y0 + 6 + 14 * k), label, fill=color)
     draw.text((4, y0), f"{top:.3g}", fill="black")
     draw.text((4, y1 - 10), "0", fill="black")
     draw.text((x0, y1 + 6), "step 0", fill="black")
