@@ -14,6 +14,11 @@ call with the same index (Heun's corrector at ``sigma_{i+1}``, midpoint sigmas o
 recomputing and re-caching the residual when the decision was "compute". So each distinct schedule sigma is
 accounted once, as in the calibration run, and a skip always has a cached residual of the right shape.
 
+Block stack runner: by default the blocks run in a loop; stacked with RAS (``accel.stacking``) the stack runs
+through RAS's ``runner.run(tokens, cond, rows)`` (active tokens only at its sparse steps; inactive tokens keep
+their previous stack output, so the cached residual is over all tokens) and ``runner.finish`` merges and records
+the output after the head.
+
 State lives in ``options["run_state"]`` (fresh for every sampling run) keyed by branch (``cond_or_uncond`` entry
 and its occurrence in the batch), so runs never leak into each other and cond/uncond never share a cache.
 """
@@ -26,7 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from .adapter import TransformerParts, transformer_parts
-from .stacking import check_can_stack
+from .ras import RASRunner, ras_runner
+from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_can_stack, partner_settings
 
 STATE_KEY = "magcache"
 BranchKey = tuple[int, int]  # (cond_or_uncond entry, occurrence in the batch)
@@ -124,8 +130,10 @@ def run_blocks(parts: TransformerParts, tokens: torch.Tensor, cond: torch.Tensor
 def magcache_forward(parts: TransformerParts, settings: MagCacheSettings, x: torch.Tensor, timestep: torch.Tensor,
                      context: torch.Tensor, options: dict, fallback: Callable[[], torch.Tensor],
                      curve_for: Callable[[torch.Tensor], MagCacheSettings] | None = None,
-                     record: list | None = None) -> torch.Tensor:
+                     record: list | None = None, runner: RASRunner | None = None) -> torch.Tensor:
     """One model call with MagCache; ``fallback()`` is the plain call used when the run gives no step/state.
+
+    ``runner`` (optional, e.g. ``accel.ras.RASRunner``) runs the block stack instead of the plain block loop.
 
     ``curve_for(sample_sigmas)`` may return run-specific settings (checked/resampled curve); it is called once
     per run. ``record`` (optional) receives ``(branch_key, step, skipped)`` for every decision.
@@ -165,11 +173,13 @@ def magcache_forward(parts: TransformerParts, settings: MagCacheSettings, x: tor
         skips.append(st.skip and has_residual)
 
     keys = branch_keys(branches)
+    run = runner.run if runner is not None else (lambda t, c, _rows: run_blocks(parts, t, c))
     if not any(skips):
-        out = run_blocks(parts, tokens, cond)
+        out = run(tokens, cond, None)
         for key, r in zip(keys, (out - tokens).chunk(len(branches)), strict=True):
             states[key].residual = r
-        return parts.head(out, cond, grid)
+        head = parts.head(out, cond, grid)
+        return runner.finish(out, head) if runner is not None else head
 
     b = x.shape[0] // len(branches)
     out_chunks = list(chunks)
@@ -177,24 +187,40 @@ def magcache_forward(parts: TransformerParts, settings: MagCacheSettings, x: tor
     if compute:
         rows = torch.cat([torch.arange(i * b, (i + 1) * b, device=tokens.device) for i in compute])
         sub_in = tokens[rows]
-        sub_out = run_blocks(parts, sub_in, cond[rows])
+        sub_out = run(sub_in, cond[rows], rows)
         for j, i in enumerate(compute):
             out_chunks[i] = sub_out[j * b:(j + 1) * b]
             states[keys[i]].residual = out_chunks[i] - chunks[i]
     for i, s in enumerate(skips):
         if s:
             out_chunks[i] = chunks[i] + states[keys[i]].residual.to(chunks[i])
-    return parts.head(torch.cat(out_chunks), cond, grid)
+    out = torch.cat(out_chunks)
+    head = parts.head(out, cond, grid)
+    return runner.finish(out, head) if runner is not None else head
 
 
 def magcache_model(model, settings: MagCacheSettings, key: str = "magcache",
                    curve_for: Callable[[torch.Tensor], MagCacheSettings] | None = None, record: list | None = None):
-    """A patched copy of a ``DiffusionModel`` running MagCache; raises UnsupportedModel before patching."""
+    """A patched copy of a ``DiffusionModel`` running MagCache; raises UnsupportedModel before patching.
+
+    Stacks with RAS (either order): the block stack then runs through RAS's runner on the steps MagCache computes.
+    """
     parts = transformer_parts(model.diffusion_model)
     check_can_stack(model, "magcache")
+    mine = (settings, curve_for, record)
 
     def wrapper(forward, x, timestep, context, options):
-        return magcache_forward(parts, settings, x, timestep, context, options,
-                                lambda: forward(x, timestep, context, options), curve_for, record)
+        ras_cfg = partner_settings(options, "ras")
+        runner = ras_runner(parts, ras_cfg, x, options) if ras_cfg is not None else None
+        return magcache_call(parts, mine, x, timestep, context, options,
+                             lambda: forward(x, timestep, context, options), runner)
 
-    return model.with_wrapper(key, wrapper)
+    return add_block_stack_wrapper(model, key, BlockStackWrapper("magcache", mine, wrapper))
+
+
+def magcache_call(parts: TransformerParts, mine: tuple, x: torch.Tensor, timestep: torch.Tensor,
+                  context: torch.Tensor, options: dict, fallback: Callable[[], torch.Tensor],
+                  runner: RASRunner | None = None) -> torch.Tensor:
+    """``magcache_forward`` with ``mine`` = (settings, curve_for, record), as carried by a MagCache wrapper."""
+    settings, curve_for, record = mine
+    return magcache_forward(parts, settings, x, timestep, context, options, fallback, curve_for, record, runner)

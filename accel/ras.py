@@ -20,7 +20,11 @@ Decisions:
   back or the input shape changes. Without ``sample_sigmas``/``run_state`` (a call outside a sampling run)
   the wrapper runs the plain forward.
 * RAS computes the network itself from ``transformer_parts``; wrappers added after it (inner ones) are not
-  called on its calls.
+  called on its calls. The block stack runs through ``RASRunner``, which MagCache uses too when both are on one
+  model (``accel.stacking``): MagCache then decides per step and branch whether the stack runs at all. A
+  MagCache-skipped step leaves the K/V caches as they were; a skipped dense (error-reset) step moves to the
+  row's next computed step. Measured (``bench/bench_stack.py``) the stale caches make the pair lose more
+  fidelity than the two errors alone would add.
 * **Starvation direction**: the official code multiplies the score by ``exp(+s*cnt)`` and drops the highest
   scores, so a dropped token becomes *more* likely to be dropped again (it is in effect never recomputed);
   its README says a larger scale gives "more uniform sampling", i.e. ``exp(-s*cnt)``. Measured on the built-in
@@ -43,7 +47,7 @@ from ..samplers.denoiser import DiffusionModel
 from .adapter import TransformerParts, UnsupportedModel, transformer_parts
 from .kv_cache import cached_attention, fill_cache, gather_tokens, scatter_tokens
 from .ras_select import RASConfig, drop_count, select_tokens, step_index
-from .stacking import check_can_stack
+from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_can_stack, partner_settings
 
 WRAPPER_KEY = "turbosample.ras"
 
@@ -54,9 +58,12 @@ class BranchState:
 
     shape: tuple
     drops: torch.Tensor                      # (images, N) times each token was left out
+    filled: torch.Tensor                     # (B,) rows whose K/V caches hold the last dense step's pass
     step: int = -1                           # logical step of the last call
+    selected: int = -1                       # step of the current active-token selection
     active: torch.Tensor | None = None       # (B, K) token indices of the current sparse step
     prev_out: torch.Tensor | None = None     # last model output (B, C, H, W), merged
+    prev_tokens: torch.Tensor | None = None  # last block-stack output (B, N, D), all tokens
     caches: list = field(default_factory=list)  # per block (K, V), (B, heads, N, head_dim)
 
 
@@ -73,10 +80,8 @@ def block_attention(parts: TransformerParts, j: int):
         if j < len(parts.attention_modules) else F.scaled_dot_product_attention
 
 
-def dense_forward(parts: TransformerParts, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor
-                  ) -> tuple[torch.Tensor, list]:
-    """The full forward; also returns every block's full (K, V)."""
-    tokens, c, grid = parts.embed(x, timestep, context)
+def dense_blocks(parts: TransformerParts, tokens: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """Every token through every block; also returns every block's full (K, V)."""
     caches = []
 
     def filling(attention, q, k, v):
@@ -85,6 +90,33 @@ def dense_forward(parts: TransformerParts, x: torch.Tensor, timestep: torch.Tens
 
     for j in range(len(parts.blocks)):
         tokens = parts.run_block(j, tokens, c, partial(filling, block_attention(parts, j)))
+    return tokens, caches
+
+
+def sparse_blocks(parts: TransformerParts, tokens: torch.Tensor, c: torch.Tensor, caches: list,
+                  active: torch.Tensor) -> torch.Tensor:
+    """The ``active`` (B, K) tokens through every block over cached K/V (updated in place) -> (B, K, D)."""
+    h = gather_tokens(tokens, active)
+    for j in range(len(parts.blocks)):
+        attention = partial(cached_attention, cache=caches[j], index=active, attention=block_attention(parts, j))
+        h = parts.run_block(j, h, c, attention)
+    return h
+
+
+def keep_inactive(new: torch.Tensor, active: torch.Tensor, grid: tuple[int, int], patch: int,
+                  prev_out: torch.Tensor) -> torch.Tensor:
+    """``new`` (B, C, H, W) at the pixels of ``active`` tokens, ``prev_out`` elsewhere."""
+    mask = torch.zeros(active.shape[0], grid[0] * grid[1], dtype=torch.bool, device=new.device)
+    mask = mask.scatter_(1, active, True).reshape(-1, 1, *grid)
+    mask = mask.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3)
+    return torch.where(mask, new, prev_out.to(new.dtype))
+
+
+def dense_forward(parts: TransformerParts, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor
+                  ) -> tuple[torch.Tensor, list]:
+    """The full forward; also returns every block's full (K, V)."""
+    tokens, c, grid = parts.embed(x, timestep, context)
+    tokens, caches = dense_blocks(parts, tokens, c)
     return parts.head(tokens, c, grid), caches
 
 
@@ -92,23 +124,82 @@ def sparse_forward(parts: TransformerParts, x: torch.Tensor, timestep: torch.Ten
                    caches: list, active: torch.Tensor, prev_out: torch.Tensor) -> torch.Tensor:
     """The forward for the ``active`` (B, K) tokens over cached K/V (updated in place); others keep prev_out."""
     tokens, c, grid = parts.embed(x, timestep, context)
-    h = gather_tokens(tokens, active)
-    for j in range(len(parts.blocks)):
-        attention = partial(cached_attention, cache=caches[j], index=active, attention=block_attention(parts, j))
-        h = parts.run_block(j, h, c, attention)
+    h = sparse_blocks(parts, tokens, c, caches, active)
     new = parts.head(scatter_tokens(torch.zeros_like(tokens), active, h), c, grid)
-    mask = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device).scatter_(1, active, True)
-    p = parts.patch_size
-    mask = mask.reshape(-1, 1, *grid).repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
-    return torch.where(mask, new, prev_out.to(new.dtype))
+    return keep_inactive(new, active, grid, parts.patch_size, prev_out)
 
 
-def ras_call(parts: TransformerParts, cfg: RASConfig, forward, x: torch.Tensor, timestep: torch.Tensor,
-             context: torch.Tensor, options: dict) -> torch.Tensor:
-    """One network call under RAS (the wrapper body); ``forward`` is used outside sampling runs only."""
+@dataclass
+class RASRunner:
+    """RAS's block-stack runner for one network call: ``run`` the stack (for some batch rows), then ``finish``.
+
+    At a sparse step the active tokens run over the K/V caches and inactive tokens keep their previous stack
+    output (``state.prev_tokens``); ``finish`` gives inactive pixels the previous model output and records the
+    call. ``rows`` (batch rows, None = all) lets MagCache run the stack for the branches it computes only.
+    """
+
+    parts: TransformerParts
+    cfg: RASConfig
+    state: BranchState
+    step: int
+    n_drop: int
+    n_chunks: int
+    sparse_rows: torch.Tensor | None = None  # rows this call ran sparsely
+    ran: torch.Tensor | None = None  # (B,) rows whose stack ran in this call
+
+    def run(self, tokens: torch.Tensor, c: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        st = self.state
+        rows = torch.arange(st.shape[0], device=tokens.device) if rows is None else rows
+        sparse = (self.n_drop > 0 and st.prev_out is not None and st.prev_tokens is not None
+                  and bool(st.filled[rows].all()))
+        every = rows.numel() == st.shape[0]
+        self.ran = torch.zeros(st.shape[0], dtype=torch.bool, device=tokens.device).index_fill_(0, rows, True)
+        if not sparse:
+            out, caches = dense_blocks(self.parts, tokens, c)
+            if every:
+                st.caches = caches
+            else:
+                if not st.caches:
+                    st.caches = [(k.new_zeros((st.shape[0], *k.shape[1:])), v.new_zeros((st.shape[0], *v.shape[1:])))
+                                 for k, v in caches]
+                for (ck, cv), (k, v) in zip(st.caches, caches, strict=True):
+                    ck[rows], cv[rows] = k, v
+            st.filled[rows] = True
+            return out
+        if st.active is None or st.selected != self.step:
+            st.active = select_tokens(st.prev_out, self.parts.patch_size, st.drops, self.n_drop, self.n_chunks,
+                                      self.cfg)
+            st.selected = self.step
+        if every:  # the whole batch: work on the caches in place
+            h = sparse_blocks(self.parts, tokens, c, st.caches, st.active)
+            self.sparse_rows = rows
+            return scatter_tokens(st.prev_tokens.to(h.dtype), st.active, h)
+        active = st.active[rows]
+        caches = [(k[rows], v[rows]) for k, v in st.caches]
+        h = sparse_blocks(self.parts, tokens, c, caches, active)
+        for (ck, cv), (k, v) in zip(st.caches, caches, strict=True):
+            ck[rows], cv[rows] = k, v
+        self.sparse_rows = rows
+        return scatter_tokens(st.prev_tokens[rows].to(h.dtype), active, h)
+
+    def finish(self, stack_out: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The call's output (inactive pixels of sparse rows from the previous output); records the call."""
+        st, rows = self.state, self.sparse_rows
+        if rows is not None:
+            grid = (out.shape[-2] // self.parts.patch_size, out.shape[-1] // self.parts.patch_size)
+            out = out.clone()
+            out[rows] = keep_inactive(out[rows], st.active[rows], grid, self.parts.patch_size, st.prev_out[rows])
+        if self.n_drop == 0:  # a dense (error-reset) step MagCache skipped moves to the row's next computed step
+            st.filled &= self.ran if self.ran is not None else torch.zeros_like(st.filled)
+        st.step, st.prev_out, st.prev_tokens = self.step, out, stack_out.detach()
+        return out
+
+
+def ras_runner(parts: TransformerParts, cfg: RASConfig, x: torch.Tensor, options: dict) -> RASRunner | None:
+    """The runner for this call with its run state (created/reset as needed); None outside a sampling run."""
     sigmas, sample_sigmas, store = options.get("sigmas"), options.get("sample_sigmas"), options.get("run_state")
     if sigmas is None or sample_sigmas is None or store is None or len(sample_sigmas) < 2:
-        return forward(x, timestep, context, options)
+        return None
     schedule = [float(s) for s in sample_sigmas]
     step = step_index(float(torch.as_tensor(sigmas).max()), schedule)
     branches = list(options.get("cond_or_uncond") or [0])
@@ -117,26 +208,42 @@ def ras_call(parts: TransformerParts, cfg: RASConfig, forward, x: torch.Tensor, 
     p = parts.patch_size
     n_tokens = (x.shape[-2] // p) * (x.shape[-1] // p)
     n_drop = drop_count(cfg, step, len(schedule) - 1, n_tokens)
-
     state = store.get(key)
     if state is None or state.shape != tuple(x.shape) or step < state.step:
         drops = torch.zeros(x.shape[0] // n_chunks, n_tokens, device=x.device)
-        state = store[key] = BranchState(shape=tuple(x.shape), drops=drops)
-    if n_drop == 0 or state.prev_out is None or not state.caches:
-        out, state.caches = dense_forward(parts, x, timestep, context)
-        state.active = None
-    else:
-        if state.active is None or state.step != step:
-            state.active = select_tokens(state.prev_out, p, state.drops, n_drop, n_chunks, cfg)
-        out = sparse_forward(parts, x, timestep, context, state.caches, state.active, state.prev_out)
-    state.step, state.prev_out = step, out
-    return out
+        filled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        state = store[key] = BranchState(shape=tuple(x.shape), drops=drops, filled=filled)
+    return RASRunner(parts, cfg, state, step, n_drop, n_chunks)
 
 
-def ras_wrapper(diffusion_model: torch.nn.Module, cfg: RASConfig):
+def ras_call(parts: TransformerParts, cfg: RASConfig, forward, x: torch.Tensor, timestep: torch.Tensor,
+             context: torch.Tensor, options: dict, magcache: tuple | None = None) -> torch.Tensor:
+    """One network call under RAS (the wrapper body); ``forward`` is used outside sampling runs only.
+
+    ``magcache`` (settings of a MagCache wrapper stacked on the same model) lets MagCache decide whether the
+    stack runs at all (``accel.magcache.magcache_call``).
+    """
+    runner = ras_runner(parts, cfg, x, options)
+    fallback = partial(forward, x, timestep, context, options)
+    if magcache is not None:
+        from .magcache import magcache_call
+
+        return magcache_call(parts, magcache, x, timestep, context, options, fallback, runner)
+    if runner is None:
+        return fallback()
+    tokens, c, grid = parts.embed(x, timestep, context)
+    out = runner.run(tokens, c, None)
+    return runner.finish(out, parts.head(out, c, grid))
+
+
+def ras_wrapper(diffusion_model: torch.nn.Module, cfg: RASConfig) -> BlockStackWrapper:
     """``fn(forward, x, timestep, context, options)`` for ``DiffusionModel.with_wrapper``."""
     parts = ras_parts(diffusion_model)
-    return partial(ras_call, parts, cfg)
+
+    def wrapper(forward, x, timestep, context, options):
+        return ras_call(parts, cfg, forward, x, timestep, context, options, partner_settings(options, "magcache"))
+
+    return BlockStackWrapper("ras", cfg, wrapper)
 
 
 def apply_ras(model: DiffusionModel, **settings) -> DiffusionModel:
@@ -145,4 +252,4 @@ def apply_ras(model: DiffusionModel, **settings) -> DiffusionModel:
         raise UnsupportedModel(f"RAS patches a turbosample DiffusionModel here, got {type(model).__name__}")
     cfg = RASConfig(**settings)
     check_can_stack(model, WRAPPER_KEY)
-    return model.with_wrapper(WRAPPER_KEY, ras_wrapper(model.diffusion_model, cfg))
+    return add_block_stack_wrapper(model, WRAPPER_KEY, ras_wrapper(model.diffusion_model, cfg))

@@ -1,15 +1,24 @@
-"""Which model-level accelerators may be stacked on one model.
+"""Which model-level accelerators may be stacked on one model, and how MagCache and RAS share the block stack.
 
-MagCache and RAS each run the transformer block stack themselves (MagCache to record or reuse the stack's
-residual, RAS to run it on active tokens only), so with both on one model the inner one would be bypassed
-silently on most calls. Until they share one block runner the pair is refused with a message.
+MagCache and RAS both own the transformer block stack: MagCache decides per step and CFG branch whether the
+stack runs or its cached residual is reused, RAS runs it on active tokens only. Stacked, they share one call
+(``accel.magcache.magcache_forward`` with RAS's block-stack runner from ``accel.ras.ras_runner``): whichever
+wrapper is inner runs it, and the outer one becomes a ``Handover`` that only passes its settings inward through
+``options[STACK_OPTION]``. Both orders of application therefore give the same result.
+
+In ComfyUI the two nodes patch a ModelPatcher whose wrappers cannot be rewritten that way; there the pair is
+still refused with a message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
 
 BLOCK_STACK_OWNERS = {"magcache": "MagCache", "turbosample_magcache": "MagCache", "turbosample.ras": "RAS"}
+STANDALONE_STACKABLE = {"magcache", "turbosample.ras"}  # keys of our own DiffusionModel wrappers
+STACK_OPTION = "turbosample.block_stack"  # options entry: {role: settings} of outer block-stack wrappers
 
 
 class StackingError(ValueError):
@@ -25,11 +34,52 @@ def wrapper_keys(model: object) -> set[str]:
 
 
 def check_can_stack(model: object, adding: str, keys: Iterable[str] | None = None) -> None:
-    """Raise StackingError if ``adding`` (a wrapper key) would share the block stack with another owner."""
+    """Raise StackingError if ``adding`` (a wrapper key) would share the block stack with an owner it cannot join.
+
+    MagCache + RAS stack on a turbosample DiffusionModel (keys "magcache" and "turbosample.ras"); the ComfyUI
+    MagCache node (key "turbosample_magcache") does not stack with RAS yet.
+    """
     name = BLOCK_STACK_OWNERS[adding]
-    present = {BLOCK_STACK_OWNERS[k] for k in (keys if keys is not None else wrapper_keys(model))
-               if k in BLOCK_STACK_OWNERS}
-    others = sorted(present - {name})
+    present = {k for k in (keys if keys is not None else wrapper_keys(model)) if k in BLOCK_STACK_OWNERS}
+    others = sorted({BLOCK_STACK_OWNERS[k] for k in present if not (
+        BLOCK_STACK_OWNERS[k] == name or {k, adding} <= STANDALONE_STACKABLE)})
     if others:
-        raise StackingError(f"{name} cannot be stacked with {', '.join(others)} on one model yet: both run the "
-                            f"transformer block stack themselves; use one of them")
+        raise StackingError(f"{name} cannot be stacked with {', '.join(others)} on one ComfyUI model yet: both run "
+                            f"the transformer block stack themselves (they stack in the turbosample app/CLI only); "
+                            f"use one of them")
+
+
+@dataclass(frozen=True)
+class BlockStackWrapper:
+    """A DiffusionModel wrapper owning the block stack; ``settings`` is what a partner needs to run it."""
+
+    role: str  # "magcache" or "ras"
+    settings: Any
+    fn: Callable
+
+    def __call__(self, forward, x, timestep, context, options):
+        return self.fn(forward, x, timestep, context, options)
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Stand-in for an outer block-stack wrapper whose inner partner runs both: passes ``settings`` inward."""
+
+    role: str
+    settings: Any
+
+    def __call__(self, forward, x, timestep, context, options):
+        shared = {**(options.get(STACK_OPTION) or {}), self.role: self.settings}
+        return forward(x, timestep, context, {**options, STACK_OPTION: shared})
+
+
+def partner_settings(options: dict, role: str) -> Any:
+    """Settings an outer ``Handover`` of ``role`` passed in, or None."""
+    return (options.get(STACK_OPTION) or {}).get(role)
+
+
+def add_block_stack_wrapper(model, key: str, wrapper: BlockStackWrapper):
+    """``model.with_wrapper(key, wrapper)``; a block-stack wrapper of another role already there hands over."""
+    wrappers = tuple((k, Handover(w.role, w.settings) if isinstance(w, BlockStackWrapper) and w.role != wrapper.role
+                      else w) for k, w in model.wrappers)
+    return replace(model, wrappers=wrappers).with_wrapper(key, wrapper)

@@ -59,13 +59,7 @@ def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
     if values["loop_accelerator"] not in SAMPLER_NODES:
         raise WorkflowError(f"unknown loop accelerator {values['loop_accelerator']!r}; "
                             f"choose one of {', '.join(LOOP_ACCELERATORS)}")
-    if patch_enabled("magcache", values) and patch_enabled("ras", values):
-        from ..accel.stacking import StackingError, check_can_stack
-
-        try:
-            check_can_stack(None, "turbosample.ras", keys=["magcache"])
-        except StackingError as exc:
-            raise WorkflowError(str(exc)) from None
+    # MagCache -> RAS stack on the app's model (accel/stacking.py); ComfyUI's nodes still refuse the pair there
     nodes, edges = [], []
     for key, class_type, pos, mapping in BASE_GRAPH:
         if key == "sampler":

@@ -1,0 +1,101 @@
+"""MagCache + RAS stacked on the built-in model vs each alone: wall-time speedup and PSNR/SSIM/LPIPS vs plain.
+
+    OMP_NUM_THREADS=1 python bench/bench_stack.py --prompts 4 --threshold 0.2 --ratio 0.5
+
+Every row uses the same prompts, seeds, schedule (simple), sampler (euler), CFG and shipped MagCache calibration
+(28 steps; another step count calibrates first); the reference is the plain model with the same steps. Rows are
+timed in one process, one after another, after a warm-up. "fewer steps" is the plain model with its step count
+scaled by the row's time ratio (about the same wall time), scored against the same reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from metrics import score
+
+from turbosample.accel.magcache import magcache_model
+from turbosample.accel.magcache_calibration import (
+    BUILTIN_CALIBRATION,
+    calibrate,
+    check_model,
+    load_calibration,
+    run_settings,
+    weights_fingerprint,
+)
+from turbosample.accel.ras import apply_ras
+from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.samplers.registry import SAMPLERS
+from turbosample.samplers.run import sample
+from turbosample.samplers.schedulers import compute_sigmas
+
+PROMPTS = ["grinning face", "cat face", "red apple", "rocket", "sunflower", "slice of pizza", "japan flag",
+           "thumbs up sign"]
+
+
+def generate(model, conds: list, steps: int, size: int, cfg: float) -> tuple[list, float]:
+    """Images (H, W, 3) in [0, 1] for every (prompt, seed) and the mean wall seconds per image."""
+    sigmas = compute_sigmas(model.model_sampling, "simple", steps)
+    start = time.perf_counter()
+    outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), SAMPLERS["euler"], sigmas, seed=seed, cfg=cfg)
+            for pos, neg, seed in conds]
+    seconds = (time.perf_counter() - start) / len(conds)
+    return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threshold", type=float, default=0.2)
+    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--max-skip-steps", type=int, default=2)
+    ap.add_argument("--retention-ratio", type=float, default=0.2)
+    ap.add_argument("--steps", type=int, default=28)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--cfg", type=float, default=4.0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_builtin_model(1.0)[0]
+    neg = encode_text("")[0]
+    conds = [(encode_text(p)[0], neg, s) for p in PROMPTS[:args.prompts] for s in args.seeds]
+    if args.steps == 28:
+        cal = load_calibration(BUILTIN_CALIBRATION)
+        check_model(cal, weights_fingerprint(model.diffusion_model))
+    else:
+        sigmas = compute_sigmas(model.model_sampling, "simple", args.steps)
+        cal = calibrate(model, encode_text("smiling face")[0], neg, torch.zeros(1, 3, args.size, args.size),
+                        SAMPLERS["euler"], sigmas, 0, args.cfg)
+    template, curve_for = run_settings(cal, args.threshold, args.max_skip_steps, args.retention_ratio)
+
+    def mag(m):
+        return magcache_model(m, template, curve_for=curve_for)
+
+    def ras(m):
+        return apply_ras(m, sample_ratio=args.ratio)
+
+    rows = [(f"MagCache δ={args.threshold:g}", mag(model)), (f"RAS {args.ratio:g}", ras(model)),
+            ("MagCache -> RAS (stacked)", ras(mag(model))), ("RAS -> MagCache (stacked)", mag(ras(model)))]
+    generate(model, conds[:1], 2, args.size, args.cfg)  # warm-up
+    refs, t_ref = generate(model, conds, args.steps, args.size, args.cfg)
+    print(f"built-in model {args.size}x{args.size}, euler {args.steps} steps, CFG {args.cfg}, {len(conds)} images, "
+          f"{torch.get_num_threads()} thread(s); plain: {t_ref:.3f} s/image\n")
+    print("| method | s/img | speedup | PSNR dB | SSIM | LPIPS | fewer steps (same time) | PSNR dB | SSIM | LPIPS |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| plain | {t_ref:.3f} | 1.00x | - | - | - | - | - | - | - |")
+    for name, patched in rows:
+        imgs, t = generate(patched, conds, args.steps, args.size, args.cfg)
+        psnr, ssim, lp = score(imgs, refs)
+        few = max(1, round(args.steps * t / t_ref))
+        few_imgs, _ = generate(model, conds, few, args.size, args.cfg)
+        few_psnr, few_ssim, few_lp = score(few_imgs, refs)
+        print(f"| {name} | {t:.3f} | {t_ref / t:.2f}x | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {few} steps | "
+              f"{few_psnr:.2f} | {few_ssim:.4f} | {few_lp:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
