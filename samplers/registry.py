@@ -76,3 +76,11 @@ for _base in ("euler", "dpmpp_2m"):
     SAMPLERS[f"{_base}_time_shift"] = SamplerInfo(
         f"{_base}_time_shift", time_shift.sample_time_shift, 1, f"{_base} with the Time-Shift sampler",
         {"base": _base, "window": time_shift.DEFAULT_WINDOW, "cutoff": time_shift.DEFAULT_CUTOFF})
+
+# FlowTurbo H/P blocks (samplers/flowturbo.py): one Heun step, then pseudo-corrector steps (the refiner comes from
+# the TurboSampleFlowTurboSampler node)
+from . import flowturbo  # noqa: E402
+
+SAMPLERS["flowturbo_hp"] = SamplerInfo("flowturbo_hp", flowturbo.sample_flowturbo, 1,
+                                       "FlowTurbo Heun + pseudo-corrector (H1P*: 1 call per step + 1)",
+                                       {"schedule": "H1P*", "refiner": None})
