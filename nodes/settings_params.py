@@ -8,7 +8,8 @@ from .txt2img import BASE_GRAPH, LOOP_ACCELERATORS, MODEL_PATCHES, SAMPLER_NODES
 LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "sampler": "Sampler", "cfg": "CFG",
           "flow_shift": "Flow shift", "filename_prefix": "File name prefix", "magcache_threshold": "MagCache threshold",
           "ras_ratio": "RAS token ratio", "loop_accelerator": "Loop accelerator",
-          "dualfast_coefficient": "DualFast coefficient", "attention": "Attention backend"}
+          "dualfast_coefficient": "DualFast coefficient", "attention": "Attention backend",
+          "flowturbo_schedule": "FlowTurbo schedule"}
 HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the unconditional prompt.",
         "filename_prefix": "Names of saved images.",
         "magcache_threshold": "MagCache: reuse the block-stack residual while the calibrated error stays below "

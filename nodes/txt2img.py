@@ -36,6 +36,7 @@ SAMPLER_NODES = {
     "none": ("TurboSampleSamplerSelect", {"sampler": "sampler_name"}),
     "bottleneck": ("TurboSampleBottleneckSampler", {"sampler": "base_sampler"}),
     "dualfast": ("TurboSampleDualFastSampler", {"sampler": "base_sampler", "dualfast_coefficient": "coefficient"}),
+    "flowturbo": ("TurboSampleFlowTurboSampler", {"flowturbo_schedule": "schedule"}),
 }
 LOOP_ACCELERATORS = tuple(SAMPLER_NODES)
 # (from key, output slot, to key, input name); "model" stands for the end of the model-patch chain
@@ -72,7 +73,8 @@ def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
                     nodes.append((pkey, ptype, ppos, pmap, fixed))
                     edges.append((model_end, 0, pkey, "model"))
                     model_end = pkey
-    edges += [((model_end if src == "model" else src), slot, dst, name) for src, slot, dst, name in EDGES]
+    extra = (("model", 0, "sampler", "model"),) if values["loop_accelerator"] == "flowturbo" else ()
+    edges += [((model_end if src == "model" else src), slot, dst, name) for src, slot, dst, name in EDGES + extra]
     return nodes, edges
 
 
@@ -103,6 +105,7 @@ class Settings:
     ras_ratio: float = 1.0  # 1 = RAS off
     loop_accelerator: str = "none"
     dualfast_coefficient: float = _default("TurboSampleDualFastSampler", "coefficient")
+    flowturbo_schedule: str = "H2P*R3"  # the steps setting fills the P blocks
     filename_prefix: str = "turbosample"
 
     def to_dict(self) -> dict:
@@ -230,6 +233,8 @@ SHIPPED = {
                                    filename_prefix="bottleneck"),
     "builtin_dualfast": Settings(prompt="rocket", seed=1, steps=8, loop_accelerator="dualfast",
                                  filename_prefix="dualfast"),
+    "builtin_flowturbo": Settings(prompt="red apple", seed=1, steps=9, loop_accelerator="flowturbo",
+                                  filename_prefix="flowturbo"),
     "builtin_uni_pc_8_steps": Settings(prompt="japan flag", seed=1, steps=8, sampler="uni_pc",
                                        filename_prefix="uni_pc"),
     "builtin_restart": Settings(prompt="slice of pizza", seed=1, steps=24, sampler="restart",

@@ -12,7 +12,8 @@ from turbosample.web.app import ORDER, build_demo
 DEFAULTS = {"prompt": "grinning face", "negative_prompt": "", "seed": 3, "steps": 3, "cfg": 4.0, "width": 32,
             "height": 32, "sampler": "euler", "scheduler": "simple", "flow_shift": 1.0, "batch_size": 1,
             "denoise": 1.0, "filename_prefix": "test", "magcache_threshold": 0.0, "ras_ratio": 1.0,
-            "loop_accelerator": "none", "dualfast_coefficient": 0.0, "attention": "sdpa"}
+            "loop_accelerator": "none", "dualfast_coefficient": 0.0, "attention": "sdpa",
+            "flowturbo_schedule": "H2P*R3"}
 
 
 def values(**overrides):

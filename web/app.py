@@ -25,8 +25,9 @@ from ..samplers.registry import SAMPLERS
 MAIN = ("prompt", "negative_prompt")
 ORDER = ("prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height", "sampler", "scheduler",
          "flow_shift", "batch_size", "denoise", "filename_prefix", "magcache_threshold", "ras_ratio",
-         "loop_accelerator", "dualfast_coefficient", "attention")
-ACCELERATORS = ("magcache_threshold", "ras_ratio", "loop_accelerator", "dualfast_coefficient", "attention")
+         "loop_accelerator", "dualfast_coefficient", "flowturbo_schedule", "attention")
+ACCELERATORS = ("magcache_threshold", "ras_ratio", "loop_accelerator", "dualfast_coefficient", "flowturbo_schedule",
+                "attention")
 PREVIEW_EVERY = 1
 
 
