@@ -13,7 +13,10 @@ from .spec import NodeInputError, NodeSpec, Output, Param
 CATEGORY = "TurboSample/accelerators"
 
 
-def flowturbo_info(model: object, refiner: str, schedule: str) -> SamplerInfo:
+COMPILE = {"auto": None, "on": True, "off": False}
+
+
+def flowturbo_info(model: object, refiner: str, schedule: str, compile: str = "auto") -> SamplerInfo:
     """The FlowTurbo SamplerInfo; NodeInputError for a bad schedule or a refiner that does not fit ``model``."""
     from ..models.refiner import load_refiner
 
@@ -30,7 +33,7 @@ def flowturbo_info(model: object, refiner: str, schedule: str) -> SamplerInfo:
     known = [(b, n) for b, n in segments if n is not None]
     calls = sum(CALLS[b] * n for b, n in known) / max(1, sum(n for _, n in known))
     return SamplerInfo("flowturbo", sample_flowturbo, calls, f"FlowTurbo {schedule}",
-                       {"schedule": schedule, "refiner": loaded})
+                       {"schedule": schedule, "refiner": loaded, "compile_blocks": COMPILE[compile]})
 
 
 def flowturbo_sampler(**values) -> tuple:
@@ -54,6 +57,8 @@ NODES: tuple[NodeSpec, ...] = (
               Param("refiner", "STRING", "builtin",
                     tooltip="'builtin' (the refiner shipped for the built-in model) or a .safetensors path."),
               Param("schedule", "STRING", DEFAULT_SCHEDULE,
-                    tooltip="Blocks in order with step counts, e.g. H2P4R3 (official default) or H1P*.")),
+                    tooltip="Blocks in order with step counts, e.g. H2P4R3 (official default) or H1P*."),
+              Param("compile", "COMBO", "auto", choices=lambda: list(COMPILE),
+                    tooltip="torch.compile the refiner block on its own (auto: on with CUDA, off on the CPU).")),
              (Output("SAMPLER", "SAMPLER"),), flowturbo_sampler, comfy_fn=comfy_flowturbo_sampler),
 )

@@ -84,17 +84,42 @@ def model_calls(schedule: str | tuple | list, steps: int | None = None) -> int:
     return sum(CALLS[b] for b in expand_schedule(schedule, steps))
 
 
+_COMPILED: dict[tuple[int, str], object] = {}
+
+
+def compiled_block(block, backend: str = "inductor"):
+    """``torch.compile`` of one block, cached per block object and backend (compiled once, reused every step)."""
+    if not hasattr(torch, "compile"):
+        return block
+    key = (id(block), backend)
+    cached = _COMPILED.get(key)
+    if cached is None or cached[0] is not block:
+        cached = (block, torch.compile(block, backend=backend, dynamic=False))
+        _COMPILED[key] = cached
+    return cached[1]
+
+
 @torch.no_grad()
 def sample_flowturbo(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                      callback=None, disable: bool | None = None, schedule: str | tuple | list = DEFAULT_SCHEDULE,
-                     refiner=None) -> torch.Tensor:
-    """FlowTurbo sampling; ``refiner(x, sigma_batch, v_prev) -> delta v`` is needed when the schedule has R blocks."""
+                     refiner=None, compile_blocks: bool | None = None,
+                     compile_backend: str = "inductor") -> torch.Tensor:
+    """FlowTurbo sampling; ``refiner(x, sigma_batch, v_prev) -> delta v`` is needed when the schedule has R blocks.
+
+    ``compile_blocks`` (None = on with CUDA, off on the CPU): sample-aware compilation, the refiner block is
+    compiled on its own with ``torch.compile`` (the big model's H/P calls are compiled, if at all, by whoever
+    owns that network, e.g. ComfyUI's TorchCompileModel node).
+    """
     steps = expand_schedule(schedule, len(sigmas) - 1)
     if "R" in steps:
         if refiner is None:
             raise ValueError(f"FlowTurbo schedule {schedule!r} has R blocks but no refiner was given")
         if isinstance(refiner, torch.nn.Module):
             refiner = refiner.to(device=x.device, dtype=x.dtype)
+        if compile_blocks is None:
+            compile_blocks = x.device.type == "cuda"
+        if compile_blocks:
+            refiner = compiled_block(refiner, compile_backend)
     passed = None  # velocity handed from one step to the next
     for i, block in enumerate(steps):
         sigma, dt = sigmas[i], sigmas[i + 1] - sigmas[i]

@@ -172,15 +172,16 @@ def test_node_builds_a_checked_sampler(tmp_path):
     (node,) = NODES
     base = tiny_base(0)
     save_refiner(tiny_refiner(), tmp_path / "r.safetensors", base, {})
-    (info,) = node.run(model=base, refiner=str(tmp_path / "r.safetensors"), schedule="H1P2R1")
+    (info,) = node.run(model=base, refiner=str(tmp_path / "r.safetensors"), schedule="H1P2R1", compile="off")
     assert info.fn is sample_flowturbo and info.options["schedule"] == "H1P2R1"
     assert isinstance(info.options["refiner"], VelocityRefiner)
     assert info.calls_per_step == pytest.approx((2 + 2) / 4)
     with pytest.raises(NodeInputError, match="refiner: .*trained for"):
-        node.run(model=tiny_base(1), refiner=str(tmp_path / "r.safetensors"), schedule="H1R1")
+        node.run(model=tiny_base(1), refiner=str(tmp_path / "r.safetensors"), schedule="H1R1", compile="auto")
     with pytest.raises(NodeInputError, match="must start with an H"):
-        node.run(model=base, refiner="builtin", schedule="P3")
-    (info,) = node.run(model=tiny_base(1), refiner="no such file", schedule="H1P3")  # no R: refiner not needed
+        node.run(model=base, refiner="builtin", schedule="P3", compile="auto")
+    # no R block: the refiner is not needed
+    (info,) = node.run(model=tiny_base(1), refiner="no such file", schedule="H1P3", compile="off")
     assert info.options["refiner"] is None
 
 
@@ -256,3 +257,32 @@ def test_comfyui_ksampler_runs_flowturbo_like_the_standalone_loop(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["diff"] < 1e-4
     assert "trained for" in (result["error"] or "")
+
+
+def test_compiled_refiner_block_gives_the_same_samples_and_is_cached():
+    from turbosample.samplers.flowturbo import _COMPILED, compiled_block, sample_flowturbo
+
+    torch.manual_seed(0)
+    calls = []
+
+    class Refiner(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(0.1))
+
+        def forward(self, x, sigma, v):
+            calls.append(1)
+            return self.scale * (v - x)
+
+    refiner = Refiner()
+
+    def model(x, sigma, **_):
+        return 0.7 * x
+
+    x, sigmas = torch.randn(1, 3, 8, 8), torch.linspace(1, 0, 7)
+    plain = sample_flowturbo(model, x.clone(), sigmas, schedule="H2P1R3", refiner=refiner, compile_blocks=False)
+    compiled = sample_flowturbo(model, x.clone(), sigmas, schedule="H2P1R3", refiner=refiner, compile_blocks=True,
+                                compile_backend="eager")
+    assert torch.allclose(plain, compiled, atol=1e-6)
+    assert compiled_block(refiner, "eager") is compiled_block(refiner, "eager")
+    assert any(key[1] == "eager" for key in _COMPILED)
