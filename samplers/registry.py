@@ -84,3 +84,21 @@ from . import flowturbo  # noqa: E402
 SAMPLERS["flowturbo_hp"] = SamplerInfo("flowturbo_hp", flowturbo.sample_flowturbo, 1,
                                        "FlowTurbo Heun + pseudo-corrector (H1P*: 1 call per step + 1)",
                                        {"schedule": "H1P*", "refiner": None})
+
+# ParaDiGMS (samplers/paradigms.py): parallel Picard rounds over a window of Euler steps. calls_per_step = window:
+# each round is one batched call on window grid points (batch = window * B) and advances at least one step, so
+# window is the worst-case evaluations per step; the sequential rounds are <= steps (returned paradigms_stats)
+from . import paradigms  # noqa: E402
+
+SAMPLERS["paradigms"] = SamplerInfo("paradigms", paradigms.sample_paradigms, 8,
+                                    "ParaDiGMS parallel Picard Euler (window 8, tolerance 0.1; 1 batched call/round)",
+                                    {"window": 8, "tolerance": 0.1, "max_iters": None})
+
+# Adaptive step size with error control (samplers/adaptive.py, Gotta Go Fast): calls_per_step is per attempted step;
+# the step count, and so the total number of calls, is data-dependent (the schedule's interior sigmas are ignored)
+from . import adaptive  # noqa: E402
+
+SAMPLERS["adaptive_ode"] = SamplerInfo("adaptive_ode", adaptive.sample_adaptive, 2,
+                                       "adaptive Euler/Heun ODE with error control (uses only the schedule's ends)")
+SAMPLERS["adaptive_sde"] = SamplerInfo("adaptive_sde", adaptive.sample_adaptive_sde, 2,
+                                       "adaptive Euler-Maruyama/improved-Euler SDE (Gotta Go Fast)")
