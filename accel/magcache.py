@@ -32,7 +32,7 @@ import torch
 
 from .adapter import TransformerParts, transformer_parts
 from .ras import RASRunner, ras_runner
-from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_can_stack, partner_settings
+from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_can_stack, check_one_sigma, partner_settings
 
 STATE_KEY = "magcache"
 BranchKey = tuple[int, int]  # (cond_or_uncond entry, occurrence in the batch)
@@ -141,6 +141,7 @@ def magcache_forward(parts: TransformerParts, settings: MagCacheSettings, x: tor
     run_state, sample_sigmas, sigma = options.get("run_state"), options.get("sample_sigmas"), options.get("sigmas")
     if run_state is None or sample_sigmas is None or sigma is None:
         return fallback()
+    check_one_sigma(options, "MagCache")
     step = step_index(float(torch.as_tensor(sigma).reshape(-1)[0]), sample_sigmas)
     branches = list(options.get("cond_or_uncond") or [0])
     if step is None or x.shape[0] % len(branches):

@@ -47,7 +47,7 @@ from ..samplers.denoiser import DiffusionModel
 from .adapter import TransformerParts, UnsupportedModel, transformer_parts
 from .kv_cache import cached_attention, fill_cache, gather_tokens, scatter_tokens
 from .ras_select import RASConfig, drop_count, select_tokens, step_index
-from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_can_stack, partner_settings
+from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_can_stack, check_one_sigma, partner_settings
 
 WRAPPER_KEY = "turbosample.ras"
 
@@ -223,6 +223,7 @@ def ras_call(parts: TransformerParts, cfg: RASConfig, forward, x: torch.Tensor, 
     ``magcache`` (settings of a MagCache wrapper stacked on the same model) lets MagCache decide whether the
     stack runs at all (``accel.magcache.magcache_call``).
     """
+    check_one_sigma(options, "RAS")
     runner = ras_runner(parts, cfg, x, options)
     fallback = partial(forward, x, timestep, context, options)
     if magcache is not None:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
+
 BLOCK_STACK_OWNERS = {"magcache": "MagCache", "turbosample_magcache": "MagCache", "turbosample.ras": "RAS"}
 STANDALONE_STACKABLE = {"magcache", "turbosample.ras"}  # keys of our own DiffusionModel wrappers
 STACK_OPTION = "turbosample.block_stack"  # options entry: {role: settings} of outer block-stack wrappers
@@ -23,6 +25,14 @@ STACK_OPTION = "turbosample.block_stack"  # options entry: {role: settings} of o
 
 class StackingError(ValueError):
     """Two accelerators that cannot work together were applied to one model."""
+
+
+def check_one_sigma(options: dict, name: str) -> None:
+    """Step caches key on one noise level per model call; samplers that batch several (paradigms) are refused."""
+    sigma = options.get("sigmas")
+    if sigma is not None and torch.as_tensor(sigma).reshape(-1).unique().numel() > 1:
+        raise StackingError(f"{name} needs one noise level per model call, but this sampler batches several "
+                            f"(e.g. paradigms); use another sampler or turn {name} off")
 
 
 def wrapper_keys(model: object) -> set[str]:

@@ -139,3 +139,13 @@ def test_a_dense_ras_step_skipped_by_magcache_runs_dense_at_the_next_computed_st
     assert [skip for *_, skip in record] == [False, False, True, True, False]
     torch.testing.assert_close(outs[-1], parts.forward(x, torch.tensor([s * 1000]), ctx), rtol=0, atol=1e-6)
     assert state[(WRAPPER_KEY, (0,))].selected == 1  # no new selection: step 4 was dense
+
+
+def test_samplers_that_batch_several_noise_levels_are_refused_by_step_caches():
+    import torch
+
+    from turbosample.accel.stacking import StackingError, check_one_sigma
+
+    check_one_sigma({"sigmas": torch.tensor([0.5, 0.5])}, "MagCache")  # CFG batch: one level, fine
+    with pytest.raises(StackingError, match="RAS needs one noise level per model call"):
+        check_one_sigma({"sigmas": torch.tensor([0.9, 0.8])}, "RAS")
