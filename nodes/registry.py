@@ -7,6 +7,7 @@ from .builtin_nodes import NODES as BUILTIN_NODES
 from .flow_shift_nodes import NODES as FLOW_SHIFT_NODES
 from .flowturbo_nodes import NODES as FLOWTURBO_NODES
 from .gap_sampler_nodes import NODES as GAP_SAMPLER_NODES
+from .gits_nodes import NODES as GITS_NODES
 from .loop_accel_nodes import NODES as LOOP_ACCEL_NODES
 from .magcache_nodes import NODES as MAGCACHE_NODES
 from .ras_nodes import NODES as RAS_NODES
@@ -15,5 +16,5 @@ from .spec import NodeSpec
 
 NODES: tuple[NodeSpec, ...] = (BUILTIN_NODES + RAS_NODES + MAGCACHE_NODES + LOOP_ACCEL_NODES + PLOT_NODES
                               + ATTENTION_NODES + FLOWTURBO_NODES + FLOW_SHIFT_NODES
-                              + GAP_SAMPLER_NODES)
+                              + GAP_SAMPLER_NODES + GITS_NODES)
 NODE_BY_ID: dict[str, NodeSpec] = {n.node_id: n for n in NODES}

@@ -176,6 +176,16 @@ def test_our_schedulers_join_core_ksampler_lists_without_changing_core_names(com
         assert saved_images(base, run_prompt(url, prompt)), name
 
 
+def test_gits_scheduler_searches_inside_comfyui_and_feeds_the_sampler(comfy):
+    url, base = comfy
+    prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
+    prompt["4"]["inputs"].update(width=32, height=32)
+    prompt["6"] = {"class_type": "TurboSampleGITSScheduler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 0,
+        "cfg": 4.0, "steps": 4, "batch": 1, "coeff": 1.15}}
+    assert saved_images(base, run_prompt(url, prompt))
+
+
 def test_bad_input_is_reported_by_comfyui(comfy):
     url, _ = comfy
     prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())

@@ -127,3 +127,21 @@ def test_gap_sampler_nodes_reduce_to_their_base_and_reject_bad_knobs():
         spec["TurboSampleChurnSampler"].fn(method="euler", s_churn=-1.0, s_tmin=0.0, s_tmax=1.0, s_noise=1.0)
     with pytest.raises(NodeInputError):
         spec["TurboSampleMomentumSampler"].fn(method="hb", order=2, beta=0.0)
+
+
+def test_gits_node_searches_a_schedule_on_the_builtin_model():
+    import pytest
+    import torch
+
+    from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+    from turbosample.nodes.gits_nodes import gits_sigmas
+    from turbosample.nodes.spec import NodeInputError
+
+    (model,) = load_builtin_model(1.0)
+    (pos,), (neg,) = encode_text("red apple"), encode_text("")
+    latent = {"samples": torch.zeros(1, 3, 32, 32)}
+    (sigmas,) = gits_sigmas(model, pos, neg, latent, seed=0, cfg=4.0, steps=4, batch=1, coeff=1.15)
+    assert sigmas.shape == (5,) and float(sigmas[0]) == pytest.approx(1.0) and float(sigmas[-1]) == 0.0
+    assert (sigmas[1:] < sigmas[:-1]).all()
+    with pytest.raises(NodeInputError, match="steps"):
+        gits_sigmas(model, pos, neg, latent, seed=0, cfg=4.0, steps=61, batch=1, coeff=1.15)
