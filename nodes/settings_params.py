@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from .spec import Param
-from .txt2img import BASE_GRAPH, LOOP_ACCELERATORS, MODEL_PATCHES, SAMPLER_NODES, _spec
+from .txt2img import BASE_GRAPH, LOOP_ACCELERATORS, MODEL_PATCHES, SAMPLER_NODES, SIGMAS_NODES, _spec
 
 LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "sampler": "Sampler", "cfg": "CFG",
           "flow_shift": "Flow shift", "filename_prefix": "File name prefix", "magcache_threshold": "MagCache threshold",
           "ras_ratio": "RAS token ratio", "loop_accelerator": "Loop accelerator",
           "dualfast_coefficient": "DualFast coefficient", "attention": "Attention backend",
-          "flowturbo_schedule": "FlowTurbo schedule"}
+          "flowturbo_schedule": "FlowTurbo schedule", "sigmas_from": "Sigmas from"}
 HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the unconditional prompt.",
         "filename_prefix": "Names of saved images.",
         "magcache_threshold": "MagCache: reuse the block-stack residual while the calibrated error stays below "
@@ -19,15 +19,18 @@ HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the u
                      "xformers: error if it cannot run here.",
         "loop_accelerator": "Bottleneck: high -> low -> high resolution stages; DualFast: error-corrected "
                             "solver step (sampler = its base sampler)."}
+SIGMAS_FROM = Param("sigmas_from", "COMBO", "schedule", choices=lambda: list(SIGMAS_NODES),
+                    tooltip="schedule: the scheduler's shape; gits: search the steps on this model, prompt and CFG "
+                            "(about 60 extra model calls).")
 LOOP_ACCELERATOR = Param("loop_accelerator", "COMBO", "none", choices=lambda: list(LOOP_ACCELERATORS),
                          tooltip="Sampler-level accelerator wrapped around the sampler.")
 
 
 def setting_params() -> dict[str, Param]:
     """Setting name -> the Param of the node input it feeds (first occurrence in the graph)."""
-    out: dict[str, Param] = {"loop_accelerator": LOOP_ACCELERATOR}
+    out: dict[str, Param] = {"loop_accelerator": LOOP_ACCELERATOR, "sigmas_from": SIGMAS_FROM}
     nodes = [(c, m) for _k, c, _p, m in BASE_GRAPH] + [(c, m) for _k, c, _p, m, _f in MODEL_PATCHES]
-    for class_type, mapping in nodes + list(SAMPLER_NODES.values()):
+    for class_type, mapping in nodes + list(SAMPLER_NODES.values()) + list(SIGMAS_NODES.values()):
         spec = _spec(class_type)
         for setting, name in mapping.items():
             out.setdefault(setting, spec.param(name))

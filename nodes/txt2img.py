@@ -39,6 +39,13 @@ SAMPLER_NODES = {
     "flowturbo": ("TurboSampleFlowTurboSampler", {"flowturbo_schedule": "schedule"}),
 }
 LOOP_ACCELERATORS = tuple(SAMPLER_NODES)
+# How the SIGMAS are made: a schedule shape, or a GITS search on the model (then the shape and denoise are unused)
+SIGMAS_NODES = {
+    "schedule": ("TurboSampleScheduler", {"scheduler": "scheduler", "steps": "steps", "denoise": "denoise"}),
+    "gits": ("TurboSampleGITSScheduler", {"steps": "steps", "cfg": "cfg", "seed": "seed"}),
+}
+GITS_EDGES = (("positive", 0, "sigmas", "positive"), ("negative", 0, "sigmas", "negative"),
+              ("latent", 0, "sigmas", "latent_image"))
 # (from key, output slot, to key, input name); "model" stands for the end of the model-patch chain
 EDGES = (
     ("model", 0, "sigmas", "model"), ("model", 0, "sample", "model"),
@@ -57,6 +64,8 @@ def patch_enabled(key: str, values: dict) -> bool:
 def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
     """Nodes (key, class_type, pos, mapping, fixed widget values) and edges of the graph for these settings."""
     values = settings.to_dict()
+    if values["sigmas_from"] not in SIGMAS_NODES:
+        raise WorkflowError(f"unknown sigmas source {values['sigmas_from']!r}; choose one of {', '.join(SIGMAS_NODES)}")
     if values["loop_accelerator"] not in SAMPLER_NODES:
         raise WorkflowError(f"unknown loop accelerator {values['loop_accelerator']!r}; "
                             f"choose one of {', '.join(LOOP_ACCELERATORS)}")
@@ -65,6 +74,8 @@ def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
     for key, class_type, pos, mapping in BASE_GRAPH:
         if key == "sampler":
             class_type, mapping = SAMPLER_NODES[values["loop_accelerator"]]
+        if key == "sigmas":
+            class_type, mapping = SIGMAS_NODES[values["sigmas_from"]]
         nodes.append((key, class_type, pos, mapping, {}))
         if key == "model":
             model_end = "model"
@@ -74,6 +85,7 @@ def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
                     edges.append((model_end, 0, pkey, "model"))
                     model_end = pkey
     extra = (("model", 0, "sampler", "model"),) if values["loop_accelerator"] == "flowturbo" else ()
+    extra += GITS_EDGES if values["sigmas_from"] == "gits" else ()
     edges += [((model_end if src == "model" else src), slot, dst, name) for src, slot, dst, name in EDGES + extra]
     return nodes, edges
 
@@ -106,6 +118,7 @@ class Settings:
     loop_accelerator: str = "none"
     dualfast_coefficient: float = _default("TurboSampleDualFastSampler", "coefficient")
     flowturbo_schedule: str = "H2P*R3"  # the steps setting fills the P blocks
+    sigmas_from: str = "schedule"
     filename_prefix: str = "turbosample"
 
     def to_dict(self) -> dict:
@@ -208,8 +221,10 @@ def settings_from_api(api: dict) -> Settings:
     sampler = linked(sample.get("sampler"), "the sampler", tuple(sampler_types))
     values["loop_accelerator"], mapping = sampler_types[sampler["class_type"]]
     read(sampler, mapping)
-    read(linked(sample.get("sigmas"), "the sigmas", ("TurboSampleScheduler",)),
-         {"scheduler": "scheduler", "steps": "steps", "denoise": "denoise"})
+    sigmas_types = {ctype: (name, mapping) for name, (ctype, mapping) in SIGMAS_NODES.items()}
+    sigmas_node = linked(sample.get("sigmas"), "the sigmas", tuple(sigmas_types))
+    values["sigmas_from"], mapping = sigmas_types[sigmas_node["class_type"]]
+    read(sigmas_node, {k: v for k, v in mapping.items() if k not in ("cfg", "seed")})
     read(linked(sample.get("latent_image"), "the latent", ("TurboSampleEmptyLatent",)),
          {"width": "width", "height": "height", "batch_size": "batch_size"})
     saves = [node for node in api.values() if node.get("class_type") == "SaveImage"]
@@ -235,6 +250,8 @@ SHIPPED = {
                                  filename_prefix="dualfast"),
     "builtin_flowturbo": Settings(prompt="red apple", seed=1, steps=9, loop_accelerator="flowturbo",
                                   filename_prefix="flowturbo"),
+    "builtin_gits_8_steps": Settings(prompt="grinning face", seed=1, steps=8, sampler="euler", sigmas_from="gits",
+                                     filename_prefix="gits"),
     "builtin_uni_pc_8_steps": Settings(prompt="japan flag", seed=1, steps=8, sampler="uni_pc",
                                        filename_prefix="uni_pc"),
     "builtin_restart": Settings(prompt="slice of pizza", seed=1, steps=24, sampler="restart",

@@ -13,7 +13,7 @@ DEFAULTS = {"prompt": "grinning face", "negative_prompt": "", "seed": 3, "steps"
             "height": 32, "sampler": "euler", "scheduler": "simple", "flow_shift": 1.0, "batch_size": 1,
             "denoise": 1.0, "filename_prefix": "test", "magcache_threshold": 0.0, "ras_ratio": 1.0,
             "loop_accelerator": "none", "dualfast_coefficient": 0.0, "attention": "sdpa",
-            "flowturbo_schedule": "H2P*R3"}
+            "flowturbo_schedule": "H2P*R3", "sigmas_from": "schedule"}
 
 
 def values(**overrides):

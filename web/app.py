@@ -23,7 +23,7 @@ from ..samplers.registry import SAMPLERS
 
 # settings shown in the main column; the rest go into the "Settings" accordion
 MAIN = ("prompt", "negative_prompt")
-ORDER = ("prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height", "sampler", "scheduler",
+ORDER = ("prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height", "sampler", "scheduler", "sigmas_from",
          "flow_shift", "batch_size", "denoise", "filename_prefix", "magcache_threshold", "ras_ratio",
          "loop_accelerator", "dualfast_coefficient", "flowturbo_schedule", "attention")
 ACCELERATORS = ("magcache_threshold", "ras_ratio", "loop_accelerator", "dualfast_coefficient", "flowturbo_schedule",
