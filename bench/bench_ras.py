@@ -17,6 +17,7 @@ import time
 
 import torch
 from metrics import score
+from timing import alternating_medians
 
 from turbosample.accel.ras import apply_ras
 from turbosample.accel.ras_select import RASConfig, is_dense_step
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="timing rounds (methods alternate; medians)")
     ap.add_argument("--starvation-study", action="store_true",
                     help="compare the starvation directions and scales at sample_ratio 0.5 instead")
     args = ap.parse_args()
@@ -75,11 +77,18 @@ def main() -> None:
             print(f"| {mode if scale else '-'} | {scale} | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {t:.3f} |")
         return
 
+    patched = {ratio: apply_ras(model, sample_ratio=ratio) for ratio in args.ratios}
+    runs = {"plain": model, **patched}
+    medians = alternating_medians({k: (lambda m=m: generate(m, conds, args.steps, args.size, args.cfg))
+                                   for k, m in runs.items()}, args.repeats)
+    t_ref = medians["plain"] / len(conds)
+    print(f"times: median of {args.repeats} alternating rounds; plain {t_ref:.3f} s/image\n")
     print("| RAS ratio | work | s/img | speedup | PSNR dB | SSIM | LPIPS | fewer steps (same time) | PSNR dB | SSIM | "
           "LPIPS |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for ratio in args.ratios:
         cfg = RASConfig(sample_ratio=ratio)
-        imgs, t = generate(apply_ras(model, sample_ratio=ratio), conds, args.steps, args.size, args.cfg)
+        imgs, _ = generate(patched[ratio], conds, args.steps, args.size, args.cfg)
+        t = medians[ratio] / len(conds)
         psnr, ssim, lp = score(imgs, refs)
         few = max(1, round(args.steps * t / t_ref))
         few_imgs, _ = generate(model, conds, few, args.size, args.cfg)

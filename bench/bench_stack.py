@@ -15,6 +15,7 @@ import time
 
 import torch
 from metrics import score
+from timing import alternating_medians
 
 from turbosample.accel.magcache import magcache_model
 from turbosample.accel.magcache_calibration import (
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="timing rounds (methods alternate; medians)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -81,14 +83,20 @@ def main() -> None:
     rows = [(f"MagCache δ={args.threshold:g}", mag(model)), (f"RAS {args.ratio:g}", ras(model)),
             ("MagCache -> RAS (stacked)", ras(mag(model))), ("RAS -> MagCache (stacked)", mag(ras(model)))]
     generate(model, conds[:1], 2, args.size, args.cfg)  # warm-up
-    refs, t_ref = generate(model, conds, args.steps, args.size, args.cfg)
+    refs, _ = generate(model, conds, args.steps, args.size, args.cfg)
+    methods = {"plain": model, **dict(rows)}
+    medians = alternating_medians({name: (lambda m=m: generate(m, conds, args.steps, args.size, args.cfg))
+                                   for name, m in methods.items()}, args.repeats)
+    t_ref = medians["plain"] / len(conds)
     print(f"built-in model {args.size}x{args.size}, euler {args.steps} steps, CFG {args.cfg}, {len(conds)} images, "
-          f"{torch.get_num_threads()} thread(s); plain: {t_ref:.3f} s/image\n")
+          f"{torch.get_num_threads()} thread(s); times: median of {args.repeats} alternating rounds; "
+          f"plain: {t_ref:.3f} s/image\n")
     print("| method | s/img | speedup | PSNR dB | SSIM | LPIPS | fewer steps (same time) | PSNR dB | SSIM | LPIPS |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| plain | {t_ref:.3f} | 1.00x | - | - | - | - | - | - | - |")
     for name, patched in rows:
-        imgs, t = generate(patched, conds, args.steps, args.size, args.cfg)
+        imgs, _ = generate(patched, conds, args.steps, args.size, args.cfg)
+        t = medians[name] / len(conds)
         psnr, ssim, lp = score(imgs, refs)
         few = max(1, round(args.steps * t / t_ref))
         few_imgs, _ = generate(model, conds, few, args.size, args.cfg)
