@@ -48,6 +48,8 @@ from collections.abc import Callable
 
 import torch
 
+from .sampling_utils import unwrap_for_base
+
 # Per base sampler, chosen by measurement (see the module docstring); other bases default to 0 (off).
 DEFAULT_COEFFICIENT: dict[str, float] = {"euler": 0.5, "dpmpp_2m": 0.3, "uni_pc": 0.15}
 SCHEDULES = ("constant", "linear")
@@ -133,6 +135,7 @@ def sample_dualfast(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: di
     if calls is not None and calls != 1:
         raise ValueError(f"DualFast needs a one-call-per-step sampler; {base!r} makes {calls:g} calls per step")
     check_options(schedule, reference, target, coefficient)
+    model, extra_args = unwrap_for_base(model, extra_args)
     denoiser = model if coefficient == 0 else corrected_denoiser(model, sigmas, coefficient, schedule,
                                                                   reference, target)
     return fn(denoiser, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,

@@ -28,6 +28,23 @@ def split_extra_args(model, extra_args: dict | None) -> tuple[object | None, dic
     return ms, call_args
 
 
+def unwrap_for_base(model, extra_args: dict | None) -> tuple[object, dict]:
+    """For samplers that wrap the model before calling a base sampler.
+
+    Returns (a model that drops the model_sampling key before calling ``model``, extra_args carrying the
+    model's model_sampling), so a stochastic base still finds it when the wrapper hides ComfyUI's inner_model.
+    """
+    ms, call_args = split_extra_args(model, extra_args)
+    if ms is not None:
+        call_args[MODEL_SAMPLING_KEY] = ms
+
+    def call(x: torch.Tensor, sigma: torch.Tensor, **extra: object) -> torch.Tensor:
+        extra.pop(MODEL_SAMPLING_KEY, None)
+        return model(x, sigma, **extra)
+
+    return call, call_args
+
+
 def require_model_sampling(model, extra_args: dict | None, sampler: str) -> tuple[object, dict]:
     ms, call_args = split_extra_args(model, extra_args)
     if ms is None:

@@ -40,7 +40,7 @@ from collections.abc import Callable
 import torch
 
 from .dualfast import resolve_sampler
-from .sampling_utils import MODEL_SAMPLING_KEY, is_flow, require_model_sampling
+from .sampling_utils import MODEL_SAMPLING_KEY, is_flow, require_model_sampling, unwrap_for_base
 
 DEFAULT_WINDOW = 30
 DEFAULT_CUTOFF = 300
@@ -111,6 +111,7 @@ def sample_time_shift(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     """``base`` (a registry name or sampler function) with Time-Shift applied to every model call."""
     check_time_shift(window, cutoff)
     ms, _ = require_model_sampling(model, extra_args, "time_shift")
+    model, extra_args = unwrap_for_base(model, extra_args)
     fn, options, _ = resolve_sampler(base)
     denoiser = time_shift_denoiser(model, ms, window, cutoff) if window > 0 else model
     return fn(denoiser, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,

@@ -186,6 +186,26 @@ def test_gits_scheduler_searches_inside_comfyui_and_feeds_the_sampler(comfy):
     assert saved_images(base, run_prompt(url, prompt))
 
 
+@pytest.mark.parametrize("node, inputs", [
+    ("TurboSampleTimeShiftSampler", {"base_sampler": "euler_ancestral", "window": 30, "cutoff": 300}),
+    ("TurboSampleDualFastSampler", {"base_sampler": "dpmpp_2m_sde", "coefficient": 0.3, "schedule": "constant"}),
+    ("TurboSampleChurnSampler", {"method": "heun", "s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0,
+                                 "s_noise": 1.003}),
+    ("TurboSampleMomentumSampler", {"method": "ghvb", "order": 4, "beta": 0.8}),
+    ("TurboSampleBottleneckSampler", {"base_sampler": "euler_ancestral"}),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_wrapper_and_gap_sampler_nodes_run_in_comfyui_with_stochastic_bases(comfy, node, inputs):
+    from turbosample.nodes.registry import NODE_BY_ID
+
+    url, base = comfy
+    prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
+    prompt["4"]["inputs"].update(width=32, height=32)
+    defaults = {p.name: p.default for p in NODE_BY_ID[node].widgets}
+    prompt["5"] = {"class_type": node, "inputs": {**defaults, **inputs}}
+    prompt["6"]["inputs"].update(steps=6)
+    assert saved_images(base, run_prompt(url, prompt))
+
+
 def test_bad_input_is_reported_by_comfyui(comfy):
     url, _ = comfy
     prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
