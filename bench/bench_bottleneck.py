@@ -12,27 +12,14 @@ weights offline). ``--sweep`` also tries other shifts, noise strengths and resiz
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from builtin_runs import PROMPTS, conditions, generate
 from metrics import score
 
-from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.nodes.builtin_nodes import load_builtin_model
 from turbosample.samplers.bottleneck import DEFAULT_NOISE, DEFAULT_SHIFTS, RESIZERS, sample_bottleneck, split_steps
 from turbosample.samplers.registry import SAMPLERS, SamplerInfo
-from turbosample.samplers.run import sample
-from turbosample.samplers.schedulers import compute_sigmas
-
-PROMPTS = ["grinning face", "cat face", "red apple", "rocket"]
-
-
-def generate(model, info: SamplerInfo, steps: int, conds, size: int, cfg: float) -> tuple[list, float]:
-    sigmas = compute_sigmas(model.model_sampling, "simple", steps)
-    start = time.perf_counter()
-    outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), info, sigmas, seed=k, cfg=cfg)
-            for k, (pos, neg) in enumerate(conds)]
-    seconds = (time.perf_counter() - start) / len(conds)
-    return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
 
 
 def main() -> None:
@@ -46,8 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     (model,) = load_builtin_model(1.0)
-    (neg,) = encode_text("")
-    conds = [(encode_text(p)[0], neg) for p in PROMPTS]
+    conds = conditions(PROMPTS[:4])
     base = SAMPLERS[args.base]
     variants = [("defaults", {})]
     if args.sweep:
@@ -55,7 +41,7 @@ def main() -> None:
                      if s != DEFAULT_SHIFTS]
         variants += [(f"noise {w}", {"noise": w}) for w in [(1.0, 0.9, 0.7), (1.0, 0.7, 0.5)] if w != DEFAULT_NOISE]
         variants += [(f"resize {m}", {"resize_method": m}) for m in RESIZERS if m != "lanczos"]
-    print(f"built-in model {args.size}px, CFG {args.cfg}, simple schedule, prompts {PROMPTS} (seed = index), "
+    print(f"built-in model {args.size}px, CFG {args.cfg}, simple schedule, prompts {PROMPTS[:4]} (seed = index), "
           f"base sampler {args.base}, 1 thread\n")
     print("| steps | method | model calls (full + low res) | s/image | speedup vs full | PSNR vs full | "
           "SSIM vs full | LPIPS vs full |")

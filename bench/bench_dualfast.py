@@ -11,27 +11,14 @@ LPIPS is not reported: no LPIPS weights are available offline.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from builtin_runs import PROMPTS, conditions, generate
 from metrics import score
 
-from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.nodes.builtin_nodes import load_builtin_model
 from turbosample.samplers.dualfast import DEFAULT_COEFFICIENT, sample_dualfast
 from turbosample.samplers.registry import SAMPLERS, SamplerInfo
-from turbosample.samplers.run import sample
-from turbosample.samplers.schedulers import compute_sigmas
-
-PROMPTS = ["grinning face", "cat face", "red apple", "rocket"]
-
-
-def generate(model, info: SamplerInfo, steps: int, conds, size: int, cfg: float) -> tuple[list, float]:
-    sigmas = compute_sigmas(model.model_sampling, "simple", steps)
-    start = time.perf_counter()
-    outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), info, sigmas, seed=k, cfg=cfg)
-            for k, (pos, neg) in enumerate(conds)]
-    seconds = (time.perf_counter() - start) / len(conds)
-    return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
 
 
 def dualfast(base: str, coefficient: float, schedule: str = "linear", reference: str = "previous",
@@ -56,11 +43,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     (model,) = load_builtin_model(1.0)
-    (neg,) = encode_text("")
-    conds = [(encode_text(p)[0], neg) for p in PROMPTS]
+    conds = conditions(PROMPTS[:4])
     refs, ref_seconds = generate(model, SAMPLERS["heun"], args.ref_steps, conds, args.size, args.cfg)
     print(f"reference: heun {args.ref_steps} steps ({2 * args.ref_steps - 1} calls), {ref_seconds:.2f} s/image, "
-          f"{args.size}px, CFG {args.cfg}, prompts {PROMPTS} (seed = index), simple schedule\n")
+          f"{args.size}px, CFG {args.cfg}, prompts {PROMPTS[:4]} (seed = index), simple schedule\n")
     if args.sweep:
         variants = [(c, s, r, t) for t in ("d", "x0") for s in ("linear", "constant") for r in ("previous",)
                     for c in (-0.3, -0.15, 0.15, 0.3, 0.6)] + [(c, "linear", "first", "d") for c in (-0.3, 0.3)]

@@ -12,32 +12,23 @@ LPIPS is NaN when its weights are absent offline.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from builtin_runs import PROMPTS, conditions, generate
 from metrics import score
 
 from turbosample.models.refiner import load_refiner
-from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.nodes.builtin_nodes import load_builtin_model
 from turbosample.samplers.flowturbo import expand_schedule, model_calls, sample_flowturbo
 from turbosample.samplers.registry import SAMPLERS, SamplerInfo
-from turbosample.samplers.run import sample
-from turbosample.samplers.schedulers import compute_sigmas
-
-PROMPTS = ["grinning face", "cat face", "red apple", "rocket"]
 
 
-def generate(model, info: SamplerInfo, steps: int, conds, size: int, cfg: float, repeats: int) -> tuple[list, float]:
+def best_of(repeats: int, model, info: SamplerInfo, steps: int, conds, size: int, cfg: float
+            ) -> tuple[list, float]:
     """Images and the best-of-``repeats`` seconds per image."""
-    sigmas = compute_sigmas(model.model_sampling, "simple", steps)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), info, sigmas, seed=k, cfg=cfg)
-                for k, (pos, neg) in enumerate(conds)]
-        best = min(best, (time.perf_counter() - start) / len(conds))
-    return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], best
+    runs = [generate(model, info, steps, conds, size, cfg) for _ in range(max(1, repeats))]
+    return runs[-1][0], min(seconds for _, seconds in runs)
 
 
 def interpolate(x: float, xs: list[float], ys: list[float]) -> float:
@@ -61,16 +52,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     (model,) = load_builtin_model(1.0)
     refiner = load_refiner(args.refiner, model)
-    (neg,) = encode_text("")
-    conds = [(encode_text(p)[0], neg) for p in PROMPTS]
-    refs, ref_seconds = generate(model, SAMPLERS["heun"], args.ref_steps, conds, args.size, args.cfg, 1)
+    conds = conditions(PROMPTS[:4])
+    refs, ref_seconds = best_of(1, model, SAMPLERS["heun"], args.ref_steps, conds, args.size, args.cfg)
     print(f"reference: heun {args.ref_steps} steps, {ref_seconds:.2f} s/image, {args.size}px, CFG {args.cfg}, "
-          f"prompts {PROMPTS} (seed = index), simple schedule, {args.threads} thread(s)\n")
+          f"prompts {PROMPTS[:4]} (seed = index), simple schedule, {args.threads} thread(s)\n")
     print("| sampler | steps | model calls | PSNR | SSIM | LPIPS | s/img |")
     print("|---|---|---|---|---|---|---|")
     heun = []
     for steps in args.heun_steps:
-        images, seconds = generate(model, SAMPLERS["heun"], steps, conds, args.size, args.cfg, args.repeats)
+        images, seconds = best_of(args.repeats, model, SAMPLERS["heun"], steps, conds, args.size, args.cfg)
         psnr, ssim, lp = score(images, refs)
         heun.append((seconds, psnr, ssim))
         print(f"| heun | {steps} | {2 * steps - 1} | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {seconds:.3f} |", flush=True)
@@ -80,7 +70,7 @@ def main() -> None:
         calls = model_calls(schedule) - (expand_schedule(schedule)[-1] != "R")
         info = SamplerInfo("flowturbo", sample_flowturbo, calls / steps, schedule,
                            {"schedule": schedule, "refiner": refiner})
-        images, seconds = generate(model, info, steps, conds, args.size, args.cfg, args.repeats)
+        images, seconds = best_of(args.repeats, model, info, steps, conds, args.size, args.cfg)
         psnr, ssim, lp = score(images, refs)
         turbo.append((schedule, seconds, psnr))
         print(f"| flowturbo {schedule} | {steps} | {calls} | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {seconds:.3f} |",

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_dualfast import PROMPTS, generate
+from builtin_runs import PROMPTS, conditions, generate
 from metrics import score
 
-from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.nodes.builtin_nodes import load_builtin_model
 from turbosample.samplers.registry import SAMPLERS
 
 GROUPS = {"momentum": ["ipndm", "ghvb", "plms_hb", "euler"],
@@ -28,12 +28,11 @@ def main() -> None:
     ap.add_argument("--ref-steps", type=int, default=100)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--cfg", type=float, default=4.0)
-    ap.add_argument("--prompts", type=int, default=len(PROMPTS))
+    ap.add_argument("--prompts", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(1)
     (model,) = load_builtin_model(1.0)
-    (neg,) = encode_text("")
-    conds = [(encode_text(p)[0], neg) for p in PROMPTS[:args.prompts]]
+    conds = conditions(PROMPTS[:args.prompts])
     refs, _ = generate(model, SAMPLERS["heun"], args.ref_steps, conds, args.size, args.cfg)
     print(f"reference heun {args.ref_steps} steps, {args.size}px, CFG {args.cfg}, {len(conds)} prompts, simple")
     print("| group | NFE | sampler | PSNR | SSIM |")

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import torch
+from builtin_runs import to_image
 from metrics import score
 
 from turbosample.accel.magcache import magcache_model
@@ -31,10 +32,6 @@ from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
 from turbosample.samplers.registry import get_sampler
 from turbosample.samplers.run import sample
 from turbosample.samplers.schedulers import compute_sigmas
-
-
-def to_image(x: torch.Tensor) -> np.ndarray:
-    return ((x[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
 
 
 def fidelity(img: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:

@@ -13,32 +13,18 @@ token-block evaluations RAS runs (dense steps count 1, sparse steps the sample r
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from builtin_runs import PROMPTS, conditions, generate
 from metrics import score
 from timing import alternating_medians
 
 from turbosample.accel.ras import apply_ras
 from turbosample.accel.ras_select import RASConfig, is_dense_step
-from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.nodes.builtin_nodes import load_builtin_model
 from turbosample.samplers.registry import SAMPLERS
-from turbosample.samplers.run import sample
-from turbosample.samplers.schedulers import compute_sigmas
 
-PROMPTS = ["grinning face", "cat face", "red apple", "rocket", "sunflower", "slice of pizza", "japan flag",
-           "thumbs up sign"]
-
-
-def generate(model, conds: list, steps: int, size: int, cfg: float) -> tuple[list, float]:
-    """Images (H, W, 3) in [0, 1] for every (prompt, seed) and the mean wall seconds per image."""
-    sigmas = compute_sigmas(model.model_sampling, "simple", steps)
-    start = time.perf_counter()
-    outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), SAMPLERS["euler"], sigmas, seed=seed, cfg=cfg)
-            for pos, neg, seed in conds]
-    seconds = (time.perf_counter() - start) / len(conds)
-    return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
-
+EULER = SAMPLERS["euler"]
 
 def work_fraction(cfg: RASConfig, steps: int) -> float:
     return sum(1.0 if is_dense_step(cfg, i) else cfg.sample_ratio for i in range(steps)) / steps
@@ -60,10 +46,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model = load_builtin_model(1.0)[0]
-    neg = encode_text("")[0]
-    conds = [(encode_text(p)[0], neg, s) for p in PROMPTS[:args.prompts] for s in args.seeds]
-    generate(model, conds[:1], 2, args.size, args.cfg)  # warm-up
-    refs, t_ref = generate(model, conds, args.steps, args.size, args.cfg)
+    conds = conditions(PROMPTS[:args.prompts], args.seeds)
+    generate(model, EULER, 2, conds[:1], args.size, args.cfg)  # warm-up
+    refs, t_ref = generate(model, EULER, args.steps, conds, args.size, args.cfg)
 
     print(f"built-in model {args.size}x{args.size}, euler {args.steps} steps, CFG {args.cfg}, {len(conds)} images, "
           f"{torch.get_num_threads()} thread(s); plain: {t_ref:.3f} s/image\n")
@@ -71,15 +56,15 @@ def main() -> None:
         print("| starvation | scale | PSNR dB | SSIM | LPIPS | s/image |\n| --- | --- | --- | --- | --- | --- |")
         for mode, scale in [("spread", 0.0), ("spread", 0.1), ("official", 0.1), ("spread", 0.5),
                             ("official", 0.5), ("spread", 1.0), ("official", 1.0)]:
-            imgs, t = generate(apply_ras(model, sample_ratio=0.5, starvation=mode, starvation_scale=scale), conds,
-                               args.steps, args.size, args.cfg)
+            patched = apply_ras(model, sample_ratio=0.5, starvation=mode, starvation_scale=scale)
+            imgs, t = generate(patched, EULER, args.steps, conds, args.size, args.cfg)
             psnr, ssim, lp = score(imgs, refs)
             print(f"| {mode if scale else '-'} | {scale} | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {t:.3f} |")
         return
 
     patched = {ratio: apply_ras(model, sample_ratio=ratio) for ratio in args.ratios}
     runs = {"plain": model, **patched}
-    medians = alternating_medians({k: (lambda m=m: generate(m, conds, args.steps, args.size, args.cfg))
+    medians = alternating_medians({k: (lambda m=m: generate(m, EULER, args.steps, conds, args.size, args.cfg))
                                    for k, m in runs.items()}, args.repeats)
     t_ref = medians["plain"] / len(conds)
     print(f"times: median of {args.repeats} alternating rounds; plain {t_ref:.3f} s/image\n")
@@ -87,11 +72,11 @@ def main() -> None:
           "LPIPS |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for ratio in args.ratios:
         cfg = RASConfig(sample_ratio=ratio)
-        imgs, _ = generate(patched[ratio], conds, args.steps, args.size, args.cfg)
+        imgs, _ = generate(patched[ratio], EULER, args.steps, conds, args.size, args.cfg)
         t = medians[ratio] / len(conds)
         psnr, ssim, lp = score(imgs, refs)
         few = max(1, round(args.steps * t / t_ref))
-        few_imgs, _ = generate(model, conds, few, args.size, args.cfg)
+        few_imgs, _ = generate(model, EULER, few, conds, args.size, args.cfg)
         few_psnr, few_ssim, few_lp = score(few_imgs, refs)
         print(f"| {ratio} | {work_fraction(cfg, args.steps):.2f} | {t:.3f} | {t_ref / t:.2f}x | {psnr:.2f} | "
               f"{ssim:.4f} | {lp:.4f} | {few} steps | {few_psnr:.2f} | {few_ssim:.4f} | {few_lp:.4f} |")

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
+from builtin_runs import conditions, generate
 from metrics import score
 
-from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.nodes.builtin_nodes import load_builtin_model
 from turbosample.samplers.registry import SAMPLERS
-from turbosample.samplers.run import sample
-from turbosample.samplers.schedulers import compute_sigmas
 
 PROMPTS = ["grinning face", "cat face", "red apple", "japan flag", "rocket", "slice of pizza", "sunflower",
            "thumbs up sign"]
@@ -34,12 +32,8 @@ def run(model, name: str, steps: int, conds, size: int, cfg: float, scheduler: s
         return forward(x, timestep, context, options)
 
     counted = model.with_wrapper("bench.count_calls", counting)
-    sigmas = compute_sigmas(model.model_sampling, scheduler, steps)
-    start = time.perf_counter()
-    outs = [sample(counted, pos, neg, torch.zeros(1, 3, size, size), SAMPLERS[name], sigmas, seed=k, cfg=cfg)
-            for k, (pos, neg) in enumerate(conds)]
-    seconds = (time.perf_counter() - start) / len(conds)
-    return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], calls // len(conds), seconds
+    images, seconds = generate(counted, SAMPLERS[name], steps, conds, size, cfg, scheduler)
+    return images, calls // len(conds), seconds
 
 
 def main() -> None:
@@ -54,8 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     (model,) = load_builtin_model(1.0)
-    (neg,) = encode_text("")
-    conds = [(encode_text(p)[0], neg) for p in PROMPTS]
+    conds = conditions(PROMPTS)
     refs, ref_nfe, _ = run(model, "heun", args.ref_steps, conds, args.size, args.cfg, args.scheduler)
     rows = []
     for name, info in SAMPLERS.items():

@@ -11,9 +11,9 @@ scaled by the row's time ratio (about the same wall time), scored against the sa
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from builtin_runs import PROMPTS, conditions, generate
 from metrics import score
 from timing import alternating_medians
 
@@ -29,21 +29,9 @@ from turbosample.accel.magcache_calibration import (
 from turbosample.accel.ras import apply_ras
 from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
 from turbosample.samplers.registry import SAMPLERS
-from turbosample.samplers.run import sample
 from turbosample.samplers.schedulers import compute_sigmas
 
-PROMPTS = ["grinning face", "cat face", "red apple", "rocket", "sunflower", "slice of pizza", "japan flag",
-           "thumbs up sign"]
-
-
-def generate(model, conds: list, steps: int, size: int, cfg: float) -> tuple[list, float]:
-    """Images (H, W, 3) in [0, 1] for every (prompt, seed) and the mean wall seconds per image."""
-    sigmas = compute_sigmas(model.model_sampling, "simple", steps)
-    start = time.perf_counter()
-    outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), SAMPLERS["euler"], sigmas, seed=seed, cfg=cfg)
-            for pos, neg, seed in conds]
-    seconds = (time.perf_counter() - start) / len(conds)
-    return [((o[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() for o in outs], seconds
+EULER = SAMPLERS["euler"]
 
 
 def main() -> None:
@@ -63,15 +51,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model = load_builtin_model(1.0)[0]
-    neg = encode_text("")[0]
-    conds = [(encode_text(p)[0], neg, s) for p in PROMPTS[:args.prompts] for s in args.seeds]
+    conds = conditions(PROMPTS[:args.prompts], args.seeds)
     if args.steps == 28:
         cal = load_calibration(BUILTIN_CALIBRATION)
         check_model(cal, weights_fingerprint(model.diffusion_model))
     else:
         sigmas = compute_sigmas(model.model_sampling, "simple", args.steps)
-        cal = calibrate(model, encode_text("smiling face")[0], neg, torch.zeros(1, 3, args.size, args.size),
-                        SAMPLERS["euler"], sigmas, 0, args.cfg)
+        cal = calibrate(model, encode_text("smiling face")[0], encode_text("")[0],
+                        torch.zeros(1, 3, args.size, args.size), EULER, sigmas, 0, args.cfg)
     template, curve_for = run_settings(cal, args.threshold, args.max_skip_steps, args.retention_ratio)
 
     def mag(m):
@@ -82,10 +69,10 @@ def main() -> None:
 
     rows = [(f"MagCache δ={args.threshold:g}", mag(model)), (f"RAS {args.ratio:g}", ras(model)),
             ("MagCache -> RAS (stacked)", ras(mag(model))), ("RAS -> MagCache (stacked)", mag(ras(model)))]
-    generate(model, conds[:1], 2, args.size, args.cfg)  # warm-up
-    refs, _ = generate(model, conds, args.steps, args.size, args.cfg)
+    generate(model, EULER, 2, conds[:1], args.size, args.cfg)  # warm-up
+    refs, _ = generate(model, EULER, args.steps, conds, args.size, args.cfg)
     methods = {"plain": model, **dict(rows)}
-    medians = alternating_medians({name: (lambda m=m: generate(m, conds, args.steps, args.size, args.cfg))
+    medians = alternating_medians({name: (lambda m=m: generate(m, EULER, args.steps, conds, args.size, args.cfg))
                                    for name, m in methods.items()}, args.repeats)
     t_ref = medians["plain"] / len(conds)
     print(f"built-in model {args.size}x{args.size}, euler {args.steps} steps, CFG {args.cfg}, {len(conds)} images, "
@@ -95,11 +82,11 @@ def main() -> None:
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| plain | {t_ref:.3f} | 1.00x | - | - | - | - | - | - | - |")
     for name, patched in rows:
-        imgs, _ = generate(patched, conds, args.steps, args.size, args.cfg)
+        imgs, _ = generate(patched, EULER, args.steps, conds, args.size, args.cfg)
         t = medians[name] / len(conds)
         psnr, ssim, lp = score(imgs, refs)
         few = max(1, round(args.steps * t / t_ref))
-        few_imgs, _ = generate(model, conds, few, args.size, args.cfg)
+        few_imgs, _ = generate(model, EULER, few, conds, args.size, args.cfg)
         few_psnr, few_ssim, few_lp = score(few_imgs, refs)
         print(f"| {name} | {t:.3f} | {t_ref / t:.2f}x | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {few} steps | "
               f"{few_psnr:.2f} | {few_ssim:.4f} | {few_lp:.4f} |", flush=True)
