@@ -28,7 +28,8 @@ import re
 
 import torch
 
-from .solvers import evaluate, to_d
+from .sampling_utils import evaluate
+from .solvers import to_d
 
 DEFAULT_SCHEDULE = "H2P4R3"  # FlowTurboAssemble defaults N_H=2, N_P=4, N_R=3
 BLOCKS = ("H", "P", "R")

@@ -53,9 +53,9 @@ def require_model_sampling(model, extra_args: dict | None, sampler: str) -> tupl
     return ms, call_args
 
 
-def evaluate(model, x: torch.Tensor, sigma: torch.Tensor, call_args: dict) -> torch.Tensor:
+def evaluate(model, x: torch.Tensor, sigma: torch.Tensor, call_args: dict | None) -> torch.Tensor:
     """One model call at a scalar sigma, broadcast over the batch."""
-    return model(x, sigma * x.new_ones([x.shape[0]]), **call_args)
+    return model(x, sigma * x.new_ones([x.shape[0]]), **(call_args or {}))
 
 
 def step_callback(callback, x: torch.Tensor, i: int, sigma, denoised: torch.Tensor) -> None:

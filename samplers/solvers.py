@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from .sampling_utils import evaluate, step_callback
+
 
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
     """The probability-flow ODE derivative dx/dsigma."""
     return (x - denoised) / sigma
-
-
-def evaluate(model, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict | None) -> torch.Tensor:
-    """One model call at a scalar sigma, broadcast over the batch."""
-    return model(x, sigma * x.new_ones([x.shape[0]]), **(extra_args or {}))
 
 
 @torch.no_grad()
@@ -25,14 +22,9 @@ def sample_euler(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict 
     """First-order Euler steps; the last step lands exactly on sigmas[-1] (no evaluation there)."""
     for i in range(len(sigmas) - 1):
         denoised = evaluate(model, x, sigmas[i], extra_args)
-        _step_callback(callback, x, i, sigmas[i], denoised)
+        step_callback(callback, x, i, sigmas[i], denoised)
         x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
     return x
-
-
-def _step_callback(callback, x, i, sigma, denoised) -> None:
-    if callback is not None:
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
 
 
 @torch.no_grad()
@@ -41,7 +33,7 @@ def sample_heun(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict |
     """Heun's second-order method (EDM Algorithm 1, no churn); an Euler step onto sigma = 0."""
     for i in range(len(sigmas) - 1):
         denoised = evaluate(model, x, sigmas[i], extra_args)
-        _step_callback(callback, x, i, sigmas[i], denoised)
+        step_callback(callback, x, i, sigmas[i], denoised)
         d = to_d(x, sigmas[i], denoised)
         dt = sigmas[i + 1] - sigmas[i]
         x_euler = x + d * dt
@@ -59,7 +51,7 @@ def sample_dpm_2(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict 
     """DPM-Solver-2 as a midpoint method with the midpoint at the log-sigma centre."""
     for i in range(len(sigmas) - 1):
         denoised = evaluate(model, x, sigmas[i], extra_args)
-        _step_callback(callback, x, i, sigmas[i], denoised)
+        step_callback(callback, x, i, sigmas[i], denoised)
         d = to_d(x, sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigmas[i])
@@ -78,7 +70,7 @@ def sample_dpmpp_2m(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: di
     previous = None
     for i in range(len(sigmas) - 1):
         denoised = evaluate(model, x, sigmas[i], extra_args)
-        _step_callback(callback, x, i, sigmas[i], denoised)
+        step_callback(callback, x, i, sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = denoised
             continue
@@ -116,7 +108,7 @@ def sample_lms(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | 
     grid = [float(s) for s in sigmas]
     for i in range(len(sigmas) - 1):
         denoised = evaluate(model, x, sigmas[i], extra_args)
-        _step_callback(callback, x, i, sigmas[i], denoised)
+        step_callback(callback, x, i, sigmas[i], denoised)
         history = (history + [to_d(x, sigmas[i], denoised)])[-order:]
         if sigmas[i + 1] == 0:
             x = denoised
@@ -138,7 +130,7 @@ def sample_ipndm(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict 
     history: list[torch.Tensor] = []  # newest first
     for i in range(len(sigmas) - 1):
         denoised = evaluate(model, x, sigmas[i], extra_args)
-        _step_callback(callback, x, i, sigmas[i], denoised)
+        step_callback(callback, x, i, sigmas[i], denoised)
         history = [to_d(x, sigmas[i], denoised)] + history[:max_order - 1]
         if sigmas[i + 1] == 0:
             x = denoised
