@@ -20,17 +20,14 @@ from __future__ import annotations
 import torch
 
 from .model_sampling import is_flow
-from .sampling_utils import ancestral_step, ancestral_step_rf, require_model_sampling
+from .sampling_utils import ancestral_split, require_model_sampling
 from .solvers import to_d
 
 
 def noise_variances(sigmas: torch.Tensor, flow: bool) -> torch.Tensor:
     """var_k for every grid point k = 0..steps: the ancestral (eta = 1) noise variance of the step k -> k + 1."""
     head, tail = sigmas[:-1], sigmas[1:]
-    if flow:
-        var = ancestral_step_rf(head, tail, 1.0)[2] ** 2
-    else:
-        var = ancestral_step(head, tail, 1.0)[1] ** 2
+    var = ancestral_split(head, tail, 1.0, flow)[2] ** 2
     return torch.cat([var, var.new_zeros(1)])
 
 

@@ -103,5 +103,16 @@ def ancestral_step_rf(sigma_from: torch.Tensor, sigma_to: torch.Tensor,
     return sigma_down, rescale, renoise
 
 
+def ancestral_split(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float, flow: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
+    """(sigma_down, rescale, renoise) for either family: step deterministically to sigma_down, then
+    ``rescale * x + renoise * z`` lands on sigma_to (EPS/V: rescale 1, renoise = sigma_up)."""
+    if flow:
+        return ancestral_step_rf(sigma_from, sigma_to, eta)
+    sigma_down, sigma_up = ancestral_step(sigma_from, sigma_to, eta)
+    return sigma_down, 1.0, sigma_up
+
+
 __all__ = ["is_flow", "split_extra_args", "require_model_sampling", "evaluate", "step_callback", "half_log_snr",
-           "sigma_of_half_log_snr", "signal_scale", "offset_first_sigma", "ancestral_step", "ancestral_step_rf"]
+           "sigma_of_half_log_snr", "signal_scale", "offset_first_sigma", "ancestral_step", "ancestral_step_rf",
+           "ancestral_split"]

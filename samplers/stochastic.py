@@ -12,8 +12,8 @@ import torch
 
 from .noise_sources import NoiseSampler, noise_sampler_for
 from .sampling_utils import (
+    ancestral_split,
     ancestral_step,
-    ancestral_step_rf,
     evaluate,
     half_log_snr,
     is_flow,
@@ -40,14 +40,11 @@ def sample_euler_ancestral(model, x: torch.Tensor, sigmas: torch.Tensor, extra_a
         step_callback(callback, x, i, sigma, denoised)
         if sigma_next == 0:
             x = denoised
-        elif flow:
-            sigma_down, rescale, renoise = ancestral_step_rf(sigma, sigma_next, eta)
-            x = denoised + (sigma_down / sigma) * (x - denoised)
-            if eta > 0:
-                x = rescale * x + noise(sigma, sigma_next) * s_noise * renoise
-        else:
-            sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
-            x = x + to_d(x, sigma, denoised) * (sigma_down - sigma) + noise(sigma, sigma_next) * s_noise * sigma_up
+            continue
+        sigma_down, rescale, renoise = ancestral_split(sigma, sigma_next, eta, flow)
+        x = x + to_d(x, sigma, denoised) * (sigma_down - sigma)
+        if eta > 0:
+            x = rescale * x + noise(sigma, sigma_next) * s_noise * renoise
     return x
 
 
@@ -66,11 +63,7 @@ def sample_dpmpp_2s_ancestral(model, x: torch.Tensor, sigmas: torch.Tensor, extr
         if sigma_next == 0:
             x = denoised
             continue
-        if flow:
-            sigma_down, rescale, renoise = ancestral_step_rf(sigma, sigma_next, eta)
-        else:
-            sigma_down, renoise = ancestral_step(sigma, sigma_next, eta)
-            rescale = 1.0
+        sigma_down, rescale, renoise = ancestral_split(sigma, sigma_next, eta, flow)
         if flow and sigma == 1.0:
             sigma_mid = torch.as_tensor(0.9999, dtype=sigma.dtype, device=sigma.device)
         else:
