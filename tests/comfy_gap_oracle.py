@@ -3,19 +3,15 @@
 Prints one JSON object {case: max_abs_difference}. Used by tests/test_ays.py.
 """
 
-import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
 root = Path(sys.argv[1])
-spec = importlib.util.spec_from_file_location("turbosample", root / "__init__.py",
-                                              submodule_search_locations=[str(root)])
-pkg = importlib.util.module_from_spec(spec)
-sys.modules["turbosample"] = pkg
-spec.loader.exec_module(pkg)
-sys.path.insert(0, os.getcwd())
+sys.path.insert(0, str(root / "tests"))
+from comfy_pack import load_pack  # noqa: E402
+
+load_pack(root)
 
 import comfy.cli_args  # noqa: E402
 

@@ -3,9 +3,7 @@
 Prints one JSON object {case: max_abs_difference}. Used by test_comfyui_acceptance.py.
 """
 
-import importlib.util
 import json
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -14,13 +12,10 @@ from types import SimpleNamespace
 import torch
 
 root = Path(sys.argv[1])
-spec = importlib.util.spec_from_file_location("turbosample", root / "__init__.py",
-                                              submodule_search_locations=[str(root)])
-pkg = importlib.util.module_from_spec(spec)
-sys.modules["turbosample"] = pkg
-spec.loader.exec_module(pkg)
 sys.path.insert(0, str(root / "tests"))
-sys.path.insert(0, os.getcwd())
+from comfy_pack import load_pack  # noqa: E402
+
+load_pack(root)
 
 import comfy.cli_args  # noqa: E402
 

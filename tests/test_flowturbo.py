@@ -208,10 +208,7 @@ COMFY_SCRIPT = r"""
 import importlib.util, json, os, sys
 from pathlib import Path
 root, refiner_path = Path(sys.argv[1]), sys.argv[2]
-spec = importlib.util.spec_from_file_location("turbosample", root / "__init__.py",
-                                              submodule_search_locations=[str(root)])
-pkg = importlib.util.module_from_spec(spec); sys.modules["turbosample"] = pkg; spec.loader.exec_module(pkg)
-sys.path.insert(0, os.getcwd())
+sys.path.insert(0, str(root / "tests")); from comfy_pack import load_pack; load_pack(root)
 import comfy.cli_args
 comfy.cli_args.args.cpu = True
 import torch, comfy.sample

@@ -220,10 +220,7 @@ COMFY_PROBE = r'''
 import importlib.util, json, os, sys
 from dataclasses import asdict
 root = sys.argv[1]
-spec = importlib.util.spec_from_file_location("turbosample", os.path.join(root, "__init__.py"),
-                                              submodule_search_locations=[root])
-pkg = importlib.util.module_from_spec(spec); sys.modules["turbosample"] = pkg; spec.loader.exec_module(pkg)
-sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.join(root, "tests")); from comfy_pack import load_pack; load_pack(root)
 import comfy.cli_args; comfy.cli_args.args.cpu = True
 import torch, comfy.sample
 from turbosample.accel.ras import apply_ras
