@@ -68,21 +68,35 @@ def conditioning_tensor(conditioning: list) -> torch.Tensor:
 
 def cfg_denoiser(model: DiffusionModel, positive: list, negative: list, cfg: float,
                  options: dict | None = None) -> Denoiser:
-    """x0 with classifier-free guidance; both branches run in one batched call (positive first)."""
+    """x0 with classifier-free guidance; both branches run in one batched call (positive first).
+
+    Like ComfyUI's sampling_function, the returned denoiser takes ``model_options``: each
+    ``model_options["sampler_post_cfg_function"]`` entry gets ComfyUI's args dict and returns the new denoised;
+    at cfg 1 the uncond branch is skipped (its x0 passed as zeros, as ComfyUI does) unless
+    ``model_options["disable_cfg1_optimization"]``.
+    """
     cond, uncond = conditioning_tensor(positive), conditioning_tensor(negative)
     options = options or {}
 
-    def denoise(x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, model_options: dict | None = None, **_: object) -> torch.Tensor:
+        model_options = model_options or {}
         b = x.shape[0]
         c = cond.to(x).expand(b, -1, -1) if cond.shape[0] == 1 else cond.to(x)
-        if cfg == 1.0:
-            return model.denoise(x, sigma, c, {**options, "cond_or_uncond": [0]})
-        u = uncond.to(x).expand(b, -1, -1) if uncond.shape[0] == 1 else uncond.to(x)
-        if u.shape[1] != c.shape[1]:
-            raise ValueError("positive and negative conditioning have different lengths")
-        both = model.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([c, u]),
-                             {**options, "cond_or_uncond": [0, 1]})
-        pos, neg = both.chunk(2)
-        return neg + cfg * (pos - neg)
+        if cfg == 1.0 and not model_options.get("disable_cfg1_optimization", False):
+            pos = model.denoise(x, sigma, c, {**options, "cond_or_uncond": [0]})
+            neg, out = torch.zeros_like(pos), pos
+        else:
+            u = uncond.to(x).expand(b, -1, -1) if uncond.shape[0] == 1 else uncond.to(x)
+            if u.shape[1] != c.shape[1]:
+                raise ValueError("positive and negative conditioning have different lengths")
+            both = model.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([c, u]),
+                                 {**options, "cond_or_uncond": [0, 1]})
+            pos, neg = both.chunk(2)
+            out = neg + cfg * (pos - neg)
+        for fn in model_options.get("sampler_post_cfg_function", []):
+            out = fn({"denoised": out, "cond": positive, "uncond": negative, "cond_scale": cfg, "model": model,
+                      "uncond_denoised": neg, "cond_denoised": pos, "sigma": sigma,
+                      "model_options": model_options, "input": x})
+        return out
 
     return denoise

@@ -102,3 +102,27 @@ SAMPLERS["adaptive_ode"] = SamplerInfo("adaptive_ode", adaptive.sample_adaptive,
                                        "adaptive Euler/Heun ODE with error control (uses only the schedule's ends)")
 SAMPLERS["adaptive_sde"] = SamplerInfo("adaptive_sde", adaptive.sample_adaptive_sde, 2,
                                        "adaptive Euler-Maruyama/improved-Euler SDE (Gotta Go Fast)")
+
+# CFG++ (samplers/cfg_pp.py, gradient_estimation.py): step with the guided x0, re-noise with the uncond one. Here cfg
+# is the paper's lambda (guided x0 = uncond + cfg (cond - uncond)); at n steps it acts like plain CFG at roughly
+# cfg / (1 - exp(-h)) per step (h: the step in half-logSNR), so use cfg ~0.5-2 (1-1.5 typical), not 4-10
+from . import cfg_pp, gradient_estimation  # noqa: E402
+
+_CFG_PP_NOTE = "; CFG++: use cfg 0.5-2 (cfg = the paper's lambda), uncond branch runs even at cfg 1"
+for _name, _fn, _calls, _text in (
+        ("euler_cfg_pp", cfg_pp.sample_euler_cfg_pp, 1, "Euler/DDIM CFG++"),
+        ("euler_ancestral_cfg_pp", cfg_pp.sample_euler_ancestral_cfg_pp, 1, "Euler ancestral CFG++"),
+        ("dpmpp_2m_cfg_pp", cfg_pp.sample_dpmpp_2m_cfg_pp, 1, "DPM-Solver++(2M) CFG++"),
+        ("dpmpp_2s_ancestral_cfg_pp", cfg_pp.sample_dpmpp_2s_ancestral_cfg_pp, 2, "DPM-Solver++(2S) ancestral CFG++"),
+        ("res_multistep_cfg_pp", cfg_pp.sample_res_multistep_cfg_pp, 1, "RES multistep CFG++"),
+        ("res_multistep_ancestral_cfg_pp", cfg_pp.sample_res_multistep_ancestral_cfg_pp, 1,
+         "RES multistep ancestral CFG++"),
+        ("gradient_estimation_cfg_pp", gradient_estimation.sample_gradient_estimation_cfg_pp, 1,
+         "gradient estimation (gamma 2) CFG++")):
+    SAMPLERS[_name] = SamplerInfo(_name, _fn, _calls, _text + _CFG_PP_NOTE)
+SAMPLERS["res_multistep_ancestral"] = SamplerInfo(
+    "res_multistep_ancestral", cfg_pp.sample_res_multistep_ancestral, 1,
+    "RES multistep with ancestral noise (rectified-flow noise on flow models)")
+SAMPLERS["gradient_estimation"] = SamplerInfo(
+    "gradient_estimation", gradient_estimation.sample_gradient_estimation, 1,
+    "gradient estimation (Permenter & Yuan): Euler with direction 2 d_i - d_(i-1)")

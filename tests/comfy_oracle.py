@@ -90,7 +90,12 @@ class Shim:
 deis_module.get_deis_coeff_list = partial(deis_module.get_deis_coeff_list, N=10 ** 6)
 
 # our name -> ComfyUI's function; "ddim" is ComfyUI's Euler, ddpm's ComfyUI formula is the EPS/V one only
-COMFY = {name: getattr(kds, f"sample_{name}") for name in SAMPLERS if hasattr(kds, f"sample_{name}")}
+# names compared by their own scripts: comfy_cfgpp_oracle.py (CFG++ needs ComfyUI's CFGGuider; res_multistep_ancestral
+# differs on flow by design) and comfy_extra_oracle.py (SA-Solver, ER-SDE, SEEDS, heunpp2, dpm_2_ancestral)
+OWN_ORACLE = {"res_multistep_ancestral", "sa_solver", "sa_solver_pece", "er_sde", "seeds_2", "seeds_3", "heunpp2",
+              "dpm_2_ancestral"}
+COMFY = {name: getattr(kds, f"sample_{name}") for name in SAMPLERS if hasattr(kds, f"sample_{name}")
+         and not name.endswith("_cfg_pp") and name not in OWN_ORACLE}
 COMFY.update(ddim=kds.sample_euler, uni_pc=uni_pc.sample_unipc, uni_pc_bh2=uni_pc.sample_unipc_bh2)
 EPS_ONLY = {"ddpm"}
 NOISY = {"euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm"}
