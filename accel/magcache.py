@@ -121,6 +121,61 @@ def branch_keys(cond_or_uncond: Sequence[int]) -> list[BranchKey]:
     return keys
 
 
+@dataclass
+class StepPlan:
+    """One model call's MagCache context: step index, branch keys and their states, the run's settings."""
+
+    step: int
+    keys: list[BranchKey]
+    states: dict[BranchKey, BranchState]
+    settings: MagCacheSettings
+    retention: int
+
+
+def plan_step(settings: MagCacheSettings, options: dict, batch: int,
+              curve_for: Callable[[torch.Tensor], MagCacheSettings] | None = None) -> StepPlan | None:
+    """The call's step and branch states from ``options`` (sigmas, sample_sigmas, cond_or_uncond, run_state);
+    None when the call gives no usable step (then the plain forward runs)."""
+    run_state, sample_sigmas, sigma = options.get("run_state"), options.get("sample_sigmas"), options.get("sigmas")
+    if run_state is None or sample_sigmas is None or sigma is None:
+        return None
+    check_one_sigma(options, "MagCache")
+    step = step_index(float(torch.as_tensor(sigma).reshape(-1)[0]), sample_sigmas)
+    branches = list(options.get("cond_or_uncond") or [0])
+    if step is None or batch % len(branches):
+        return None
+    store = run_state.setdefault(STATE_KEY, {})
+    if "settings" not in store:
+        store["settings"] = curve_for(sample_sigmas) if curve_for else settings
+    active: MagCacheSettings = store["settings"]
+    steps = len(sample_sigmas) - 1
+    if active.steps != steps:
+        raise ValueError(f"MagCache ratio curve has {active.steps} steps but this run has {steps}; calibrate for "
+                         f"{steps} steps or resample the curve")
+    return StepPlan(step, branch_keys(branches), store.setdefault("branches", {}), active,
+                    retention_steps(active.retention_ratio, steps))
+
+
+def decide_branches(plan: StepPlan, shapes: Sequence[torch.Size], record: list | None = None) -> list[bool]:
+    """Skip (True) or compute per branch chunk; ``shapes`` are the chunks' stack-input shapes (a skip needs a
+    cached residual of that shape). The first call of a step decides; later calls of that step follow it."""
+    skips = []
+    for key, shape in zip(plan.keys, shapes, strict=True):
+        st = plan.states.setdefault(key, BranchState())
+        has_residual = st.residual is not None and st.residual.shape == shape
+        if plan.step < st.step:  # a new pass over the schedule with the same state: start over
+            plan.states[key] = st = BranchState()
+            has_residual = False
+        if plan.step != st.step:
+            st.step = plan.step
+            st.skip = decide(st, plan.settings.curve(key[0])[plan.step], plan.step, plan.settings, plan.retention,
+                             has_residual)
+            if record is not None:
+                record.append((key, plan.step, st.skip))
+        skips.append(st.skip and has_residual)
+    return skips
+
+
 def run_blocks(parts: TransformerParts, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     for block in parts.blocks:
         tokens = block(tokens, cond)
@@ -138,42 +193,14 @@ def magcache_forward(parts: TransformerParts, settings: MagCacheSettings, x: tor
     ``curve_for(sample_sigmas)`` may return run-specific settings (checked/resampled curve); it is called once
     per run. ``record`` (optional) receives ``(branch_key, step, skipped)`` for every decision.
     """
-    run_state, sample_sigmas, sigma = options.get("run_state"), options.get("sample_sigmas"), options.get("sigmas")
-    if run_state is None or sample_sigmas is None or sigma is None:
+    plan = plan_step(settings, options, x.shape[0], curve_for)
+    if plan is None:
         return fallback()
-    check_one_sigma(options, "MagCache")
-    step = step_index(float(torch.as_tensor(sigma).reshape(-1)[0]), sample_sigmas)
-    branches = list(options.get("cond_or_uncond") or [0])
-    if step is None or x.shape[0] % len(branches):
-        return fallback()
-    store = run_state.setdefault(STATE_KEY, {})
-    if "settings" not in store:
-        store["settings"] = curve_for(sample_sigmas) if curve_for else settings
-    active: MagCacheSettings = store["settings"]
-    steps = len(sample_sigmas) - 1
-    if active.steps != steps:
-        raise ValueError(f"MagCache ratio curve has {active.steps} steps but this run has {steps}; calibrate for "
-                         f"{steps} steps or resample the curve")
-    retention = retention_steps(active.retention_ratio, steps)
-    states: dict[BranchKey, BranchState] = store.setdefault("branches", {})
-
     tokens, cond, grid = parts.embed(x, timestep, context)
-    chunks = tokens.chunk(len(branches))
-    skips = []
-    for key, chunk in zip(branch_keys(branches), chunks, strict=True):
-        st = states.setdefault(key, BranchState())
-        has_residual = st.residual is not None and st.residual.shape == chunk.shape
-        if step < st.step:  # a new pass over the schedule with the same state: start over
-            states[key] = st = BranchState()
-            has_residual = False
-        if step != st.step:
-            st.step = step
-            st.skip = decide(st, active.curve(key[0])[step], step, active, retention, has_residual)
-            if record is not None:
-                record.append((key, step, st.skip))
-        skips.append(st.skip and has_residual)
+    branches, keys, states = plan.keys, plan.keys, plan.states
+    chunks = tokens.chunk(len(keys))
+    skips = decide_branches(plan, [c.shape for c in chunks], record)
 
-    keys = branch_keys(branches)
     run = runner.run if runner is not None else (lambda t, c, _rows: run_blocks(parts, t, c))
     if not any(skips):
         out = run(tokens, cond, None)

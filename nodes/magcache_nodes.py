@@ -101,10 +101,8 @@ def apply_magcache(model, calibration: str, threshold: float, max_skip_steps: in
 
 def comfy_apply_magcache(model, calibration: str, threshold: float, max_skip_steps: int, retention_ratio: float,
                          resample: str) -> tuple:
-    from ..accel.adapter import transformer_parts
-
     diffusion_model = model.get_model_object("diffusion_model")
-    transformer_parts(diffusion_model)  # UnsupportedModel before any calibration file is read
+    comfy_magcache.check_supported(diffusion_model)  # UnsupportedModel before any calibration file is read
     template, curve_for = settings_from_inputs(calibration, threshold, max_skip_steps, retention_ratio, resample,
                                                weights_fingerprint(diffusion_model))
     return (comfy_magcache.patch_model_patcher(model, template, curve_for),)
