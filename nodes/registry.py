@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .attention_nodes import NODES as ATTENTION_NODES
+from .ays_nodes import NODES as AYS_NODES
 from .builtin_nodes import NODES as BUILTIN_NODES
 from .flow_shift_nodes import NODES as FLOW_SHIFT_NODES
 from .flowturbo_nodes import NODES as FLOWTURBO_NODES
@@ -16,5 +17,5 @@ from .spec import NodeSpec
 
 NODES: tuple[NodeSpec, ...] = (BUILTIN_NODES + RAS_NODES + MAGCACHE_NODES + LOOP_ACCEL_NODES + PLOT_NODES
                               + ATTENTION_NODES + FLOWTURBO_NODES + FLOW_SHIFT_NODES
-                              + GAP_SAMPLER_NODES + GITS_NODES)
+                              + GAP_SAMPLER_NODES + GITS_NODES + AYS_NODES)
 NODE_BY_ID: dict[str, NodeSpec] = {n.node_id: n for n in NODES}

@@ -21,7 +21,8 @@ HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the u
                             "solver step (sampler = its base sampler)."}
 SIGMAS_FROM = Param("sigmas_from", "COMBO", "schedule", choices=lambda: list(SIGMAS_NODES),
                     tooltip="schedule: the scheduler's shape; gits: search the steps on this model, prompt and CFG "
-                            "(about 60 extra model calls).")
+                            "(about 60 extra model calls); ays_opt: Align Your Steps optimizer on this model, "
+                            "prompt and CFG (about 400 extra model calls).")
 LOOP_ACCELERATOR = Param("loop_accelerator", "COMBO", "none", choices=lambda: list(LOOP_ACCELERATORS),
                          tooltip="Sampler-level accelerator wrapped around the sampler.")
 

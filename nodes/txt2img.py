@@ -43,6 +43,7 @@ LOOP_ACCELERATORS = tuple(SAMPLER_NODES)
 SIGMAS_NODES = {
     "schedule": ("TurboSampleScheduler", {"scheduler": "scheduler", "steps": "steps", "denoise": "denoise"}),
     "gits": ("TurboSampleGITSScheduler", {"steps": "steps", "cfg": "cfg", "seed": "seed"}),
+    "ays_opt": ("TurboSampleAYSOptimizeScheduler", {"steps": "steps", "cfg": "cfg", "seed": "seed"}),
 }
 GITS_EDGES = (("positive", 0, "sigmas", "positive"), ("negative", 0, "sigmas", "negative"),
               ("latent", 0, "sigmas", "latent_image"))
@@ -85,7 +86,7 @@ def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
                     edges.append((model_end, 0, pkey, "model"))
                     model_end = pkey
     extra = (("model", 0, "sampler", "model"),) if values["loop_accelerator"] == "flowturbo" else ()
-    extra += GITS_EDGES if values["sigmas_from"] == "gits" else ()
+    extra += GITS_EDGES if values["sigmas_from"] in ("gits", "ays_opt") else ()  # both read prompt and latent
     edges += [((model_end if src == "model" else src), slot, dst, name) for src, slot, dst, name in EDGES + extra]
     return nodes, edges
 
@@ -252,6 +253,8 @@ SHIPPED = {
                                   filename_prefix="flowturbo"),
     "builtin_gits_8_steps": Settings(prompt="grinning face", seed=1, steps=8, sampler="euler", sigmas_from="gits",
                                      filename_prefix="gits"),
+    "builtin_ays_optimized": Settings(prompt="red apple", seed=1, steps=8, sampler="euler", sigmas_from="ays_opt",
+                                      filename_prefix="ays_optimized"),
     "builtin_uni_pc_8_steps": Settings(prompt="japan flag", seed=1, steps=8, sampler="uni_pc",
                                        filename_prefix="uni_pc"),
     "builtin_restart": Settings(prompt="slice of pizza", seed=1, steps=24, sampler="restart",

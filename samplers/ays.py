@@ -13,8 +13,9 @@ What was verified, and where (2026-11):
 The lists are VE sigmas of SD-style (EPS/V, k-diffusion convention) models; each starts at the model's sigma_max
 (SD: 14.6146). On a rectified-flow model the scheduler maps every later value to the flow sigma with the same
 noise-to-signal ratio, s = v / (1 + v), and starts at the model's own sigma_max (pure noise); that keeps the logSNR
-spacing but is NOT an AYS-optimised schedule for the flow model (none is published). ``ays_svd`` (sigma_max 700) is
-only meaningful for SVD and is not in the general scheduler list.
+spacing but is NOT an AYS-optimised schedule for the flow model (none is published; samplers/ays_optimize.py
+fits one). ``ays_svd`` (sigma_max 700, EDM-style SVD) is offered like the others but is only meaningful for SVD;
+its list is ComfyUI's, not checked against NVIDIA's page here (offline).
 """
 
 from __future__ import annotations
@@ -71,4 +72,4 @@ def _scheduler(model_type: str):
 
 
 ays_sd1, ays_sdxl, ays_svd = (_scheduler(name) for name in ("SD1", "SDXL", "SVD"))
-AYS_SCHEDULERS = {"ays_sd1": ays_sd1, "ays_sdxl": ays_sdxl}  # ays_svd: SVD only (starts at sigma 700)
+AYS_SCHEDULERS = {"ays_sd1": ays_sd1, "ays_sdxl": ays_sdxl, "ays_svd": ays_svd}  # ays_svd: for SVD (sigma 700)

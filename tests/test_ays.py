@@ -46,7 +46,7 @@ def test_interpolation_is_log_linear_over_the_step_index(model_type):
 
 
 def test_scheduler_registration_and_flow_mapping():
-    assert {"ays_sd1", "ays_sdxl"} <= set(SCHEDULERS) and "ays_svd" not in SCHEDULERS
+    assert {"ays_sd1", "ays_sdxl", "ays_svd"} <= set(SCHEDULERS)
     eps = compute_sigmas(DiscreteSampling(), "ays_sdxl", 12)
     torch.testing.assert_close(eps, ays_sigmas("SDXL", 12))
     flow = compute_sigmas(FlowSampling(), "ays_sdxl", 12)

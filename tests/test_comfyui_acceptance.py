@@ -186,6 +186,16 @@ def test_gits_scheduler_searches_inside_comfyui_and_feeds_the_sampler(comfy):
     assert saved_images(base, run_prompt(url, prompt))
 
 
+def test_ays_optimize_scheduler_runs_inside_comfyui_and_feeds_the_sampler(comfy):
+    url, base = comfy
+    prompt = json.loads((ROOT / "workflows" / "api" / "builtin_ays_optimized.json").read_text())
+    sigmas = next(k for k, n in prompt.items() if n["class_type"] == "TurboSampleAYSOptimizeScheduler")
+    latent = next(k for k, n in prompt.items() if n["class_type"] == "TurboSampleEmptyLatent")
+    prompt[latent]["inputs"].update(width=32, height=32)
+    prompt[sigmas]["inputs"].update(steps=4, batch=1, mc_points=8)
+    assert saved_images(base, run_prompt(url, prompt))
+
+
 @pytest.mark.parametrize("node, inputs", [
     ("TurboSampleTimeShiftSampler", {"base_sampler": "euler_ancestral", "window": 30, "cutoff": 300}),
     ("TurboSampleDualFastSampler", {"base_sampler": "dpmpp_2m_sde", "coefficient": 0.3, "schedule": "constant"}),

@@ -6,10 +6,10 @@ from turbosample.samplers.schedulers import SCHEDULERS, compute_sigmas, karras
 from turbosample.samplers.validate import check_sigmas
 
 # ComfyUI's definitions: ddim_uniform strides the table (its length and start follow the stride), beta drops
-# repeated indices, vp ignores the model's own range. Exact values are compared with ComfyUI in the
-# acceptance test (tests/comfy_oracle.py).
+# repeated indices, vp ignores the model's own range, ays_svd is SVD's table (sigma 700 down). Exact values are
+# compared with ComfyUI in the acceptance test (tests/comfy_oracle.py).
 FREE_LENGTH = {"ddim_uniform", "beta"}
-FREE_START = {"ddim_uniform", "vp"}
+FREE_START = {"ddim_uniform", "vp", "ays_svd"}
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
