@@ -87,7 +87,9 @@ BASE = Param("base_sampler", "COMBO", "euler", choices=lambda: list(SAMPLERS),
 NODES: tuple[NodeSpec, ...] = (
     NodeSpec("TurboSampleBottleneckSampler", "TurboSample Bottleneck Sampling", CATEGORY,
              "Bottleneck Sampling (arXiv 2503.18940): full -> low -> full resolution stages; the clean estimate is "
-             "resized and re-noised between stages. Rectified-flow models only; the step budget of the SIGMAS "
+             "resized and re-noised between stages. Flow (SD3, Flux, built-in) and EPS/V (SD1.5, SDXL) models; "
+             "latent sides must divide by the model's patch size or UNet factor at every scale (else an error "
+             "names the allowed sizes). The step budget of the SIGMAS "
              "is split 6 : 20 : 8 unless steps are given.",
              (BASE,
               Param("scales", "STRING", _fmt(DEFAULT_SCALES), tooltip="Resolution scale per stage; first and last 1."),

@@ -3,13 +3,29 @@
 Stage k runs any registry sampler at ``scales[k]`` times the input size on its own schedule; between stages
 the clean estimate x0 is resized and noise is re-introduced. The output has the input's shape.
 
+Supported models: rectified flow (SD3-, Flux-, Wan-shaped and the built-in DiT; sigmas in [0, 1]) and
+EPS / V prediction in k-diffusion sigma space (SD1.5-, SDXL-shaped UNets; sigmas up to sigma_max). The
+family is read from the model's model_sampling (ComfyUI or ours); without one, sigmas[0] > 1 means EPS/V.
+
 Stage schedule (``stage_sigmas``): the incoming ``sigmas`` (any scheduler, the model's own shift) is read
-as a curve sigma(u), u in [0, 1] over its steps. Stage k takes ``steps[k]`` steps over u in
-[1 - noise[k], 1] (diffusers-img2img "strength" semantics: strength w starts (1 - w) of the way into the
-schedule) and re-shifts them with ``time_snr_shift(shifts[k], sigma)``; shifts compose multiplicatively,
-so the paper's absolute FLUX shifts [9, 6, 9] over FLUX's base shift 3 are relative shifts [3, 2, 3] here.
-Every stage ends where the incoming schedule ends (sigma 0: the stage output is its own x0 estimate); the
-next stage re-noises it as ``(1 - s) x0 + s eps`` at its first sigma ``s`` (rectified flow).
+as a curve over its steps in the flow-equivalent time ``t`` (flow: t = sigma; EPS/V: t = sigma / (1 + sigma),
+exact because x0 + sigma eps divided by 1 + sigma is (1 - t) x0 + t eps). Stage k takes ``steps[k]`` steps
+over the last ``noise[k]`` of it (diffusers-img2img "strength" semantics: strength w starts (1 - w) of the
+way into the schedule, linear in t between the incoming steps) and re-shifts them with
+``t' = t_max time_snr_shift(shifts[k], t / t_max)``, t_max = t(sigmas[0]). For flow t_max = 1: SD3's shift;
+for EPS/V it keeps sigma_max and 0 fixed (the model's trained range) and is sigma' ~ shift * sigma at low
+noise (the unnormalised flow shift is exactly sigma' = shift * sigma in EPS sigmas, but would leave the range).
+Shifts compose multiplicatively, so the paper's absolute FLUX shifts [9, 6, 9] over FLUX's base shift 3 are
+relative shifts [3, 2, 3] here. Every stage ends where the incoming schedule ends (sigma 0: the stage output
+is its own x0 estimate); the next stage re-noises it at its first sigma ``s`` as ComfyUI's noise_scaling
+does below sigma_max: ``(1 - s) x0 + s eps`` (flow), ``x0 + s eps`` (EPS/V; ComfyUI's sqrt(1 + s^2) pure-
+noise scaling only applies to the run's first sigma).
+
+Stage sizes: every stage's latent sides must be whole multiples of the model's size factor: a DiT's patch
+size (Flux / SD3: 2, built-in: 4), a UNet's 2 ** (number of downsamples) = 2 ** (len(channel_mult) - 1)
+(SD1.5: 8, SDXL: 4), read from the ComfyUI model's diffusion_model or model_config.unet_config. Latents
+are resized, so the VAE factor adds nothing (a latent side n is n * 8 pixels). Otherwise a ValueError
+names the allowed latent sides for the chosen scales.
 
 What was verified, and where (2026-11):
 
@@ -24,6 +40,8 @@ What was verified, and where (2026-11):
   (1) where a stage ends: here at the schedule's end (each stage a complete SDEdit-like pass; the paper's
   tables fit it); (2) what "strength" means: here the fraction of the stage's re-shifted schedule, as in
   diffusers' img2img pipelines (the FLUX reference code base). Other readings are not implemented.
+  The paper has no UNet / EPS setting: the EPS/V mapping above is ours, and the defaults were tuned on
+  the built-in flow model only (shifts 1, 1, 1 keep an EPS model's own schedule in every stage).
 
 Defaults: the paper's FLUX row scaled to the built-in model (trained at 32 and 64 px; 64 px -> 32 px
 bottleneck), relative shifts [3, 2, 3] as in the paper; step counts default to the paper's 6 : 20 : 8 split
@@ -32,21 +50,23 @@ Euler): shifts [1, 1, 1] 12.9 dB, [2, 1.5, 2] 14.0, [3, 2, 3] 14.8; noise [1, .9
 15.1; the resizers agree within 0.1 dB. Paired fidelity is far below an equal-time Euler run (25-28 dB):
 the re-introduced noise changes details by design; the paper judges quality by CLIP / ImageReward.
 
-Only rectified-flow models (sigmas in [0, 1]) are supported. Known limits: ComfyUI
-inpainting masks and image-shaped conditioning (concat latents) cannot follow the resolution change (a
-clear error for masks); in-model accelerators keyed on ``sample_sigmas`` (MagCache) see other sigmas.
+Known limits: ComfyUI inpainting masks and image-shaped conditioning (concat latents) cannot follow the
+resolution change (a clear error for masks); in-model accelerators keyed on ``sample_sigmas`` (MagCache)
+see other sigmas; multi-stage runs need denoise 1 (a full schedule from pure noise).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 
-from .model_sampling import time_snr_shift
+from .model_sampling import is_flow, time_snr_shift
 from .noise import seeded_noise
+from .sampling_utils import signal_scale, split_extra_args
 
 RESIZERS = ("lanczos", "bicubic", "bilinear", "nearest", "area")
 DEFAULT_SCALES = (1.0, 0.5, 1.0)
@@ -75,20 +95,33 @@ def split_steps(total: int, stages: int) -> list[int]:
     return steps
 
 
-def stage_sigmas(sigmas: torch.Tensor, strength: float, steps: int, shift: float) -> torch.Tensor:
+def flow_time(sigma: torch.Tensor, flow: bool) -> torch.Tensor:
+    """The flow-equivalent time of a sigma: itself (flow) or sigma / (1 + sigma) (EPS/V, same SNR)."""
+    return sigma if flow else sigma / (1 + sigma)
+
+
+def sigma_of_flow_time(t: torch.Tensor, flow: bool) -> torch.Tensor:
+    """Inverse of ``flow_time``."""
+    return t if flow else t / (1 - t)
+
+
+def stage_sigmas(sigmas: torch.Tensor, strength: float, steps: int, shift: float, flow: bool = True) -> torch.Tensor:
     """``steps`` steps over the last ``strength`` of ``sigmas`` (linear in its step index), then re-shifted.
 
-    With strength 1, steps = len(sigmas) - 1 and shift 1 this returns ``sigmas`` exactly.
+    Works on the flow-equivalent time (see the module docstring); the shift keeps ``sigmas[0]`` and 0 fixed.
+    With strength 1, steps = len(sigmas) - 1 and shift 1 this returns ``sigmas``.
     """
     n = len(sigmas) - 1
-    base = sigmas.detach().double().cpu()
+    base = flow_time(sigmas.detach().double().cpu(), flow)
+    top = 1.0 if flow else float(base[0])
     start = n * (1.0 - strength)
     pos = start + torch.arange(steps + 1, dtype=torch.float64) * ((n - start) / steps)
     pos = pos.clamp(0, n)
     lo = pos.floor().long().clamp(max=n - 1)
     frac = pos - lo
     out = base[lo] * (1 - frac) + base[lo + 1] * frac
-    return time_snr_shift(float(shift), out).to(sigmas.dtype).to(sigmas.device)
+    out = top * time_snr_shift(float(shift), out / top)
+    return sigma_of_flow_time(out, flow).to(sigmas.dtype).to(sigmas.device)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
@@ -110,29 +143,61 @@ def resize(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
                          antialias=smooth and shrinking)
 
 
-def model_patch_size(model) -> int | None:
-    """The patch size of a ComfyUI model behind a k-diffusion denoiser, if it can be found."""
-    inner = getattr(getattr(model, "inner_model", None), "inner_model", None)  # KSamplerX0Inpaint -> guider
-    dm = getattr(inner, "diffusion_model", None)
-    for holder in (dm, getattr(dm, "config", None)):
-        size = getattr(holder, "patch_size", None)
-        if isinstance(size, int):
-            return size
-        if isinstance(size, (tuple, list)) and size:
-            return int(size[-1])
+def _spatial(size) -> int | None:
+    if isinstance(size, int):
+        return size
+    if isinstance(size, (tuple, list)) and size:
+        return math.lcm(*(int(v) for v in size[-2:]))
     return None
 
 
-def stage_size(height: int, width: int, scale: float, multiple: int, k: int) -> tuple[int, int]:
-    """The stage's (H, W), or ValueError when it is not a whole multiple of the patch size."""
+def model_size_factor(model) -> tuple[int, str] | None:
+    """(factor, what it is) for a ComfyUI model behind a k-diffusion denoiser: the latent sides it needs.
+
+    A DiT's patch size, or a UNet's 2 ** downsamples (one per ``channel_mult`` level but the last), read from
+    ``diffusion_model`` or ``model_config.unet_config``; None when neither tells.
+    """
+    base = getattr(getattr(model, "inner_model", None), "inner_model", None)  # KSamplerX0Inpaint -> guider
+    dm = getattr(base, "diffusion_model", None)
+    config = getattr(getattr(base, "model_config", None), "unet_config", None)
+    config = config if isinstance(config, dict) else {}
+    for holder in (dm, getattr(dm, "config", None)):
+        patch = _spatial(getattr(holder, "patch_size", None))
+        if patch:
+            return patch, f"the model's patch size {patch}"
+    if _spatial(config.get("patch_size")):
+        patch = _spatial(config["patch_size"])
+        return patch, f"the model's patch size {patch}"
+    mult = getattr(dm, "channel_mult", None) or config.get("channel_mult")
+    if mult:
+        down = len(mult) - 1
+        return 2 ** down, f"the UNet's factor {2 ** down} = 2**{down} downsamples"
+    return None
+
+
+def allowed_multiple(scales: Sequence[float], multiple: int) -> int:
+    """The smallest latent side step for which ``side * scale`` is a multiple of ``multiple`` at every scale."""
+    out = 1
+    for scale in scales:
+        frac = Fraction(scale).limit_denominator(1000)
+        out = math.lcm(out, frac.denominator * multiple // math.gcd(frac.numerator, multiple))
+    return out
+
+
+def stage_size(height: int, width: int, scale: float, multiple: int, k: int, what: str | None = None,
+               scales: Sequence[float] | None = None) -> tuple[int, int]:
+    """The stage's (H, W), or ValueError naming the allowed latent sides when it is not a multiple."""
+    what = what or f"the model's patch size {multiple}"
     out = []
     for name, v in (("height", height), ("width", width)):
         exact = v * scale
         size = round(exact)
         if abs(exact - size) > 1e-6 or size < multiple or size % multiple:
+            step = allowed_multiple(scales or [scale], multiple)
             raise ValueError(f"bottleneck stage {k}: {name} {v} x scale {scale:g} = {exact:g} is not a positive "
-                             f"multiple of the model's patch size {multiple}; choose a scale or image size "
-                             f"for which it is")
+                             f"multiple of {what}; allowed latent heights and widths for scales "
+                             f"{', '.join(f'{s:g}' for s in (scales or [scale]))}: multiples of {step} "
+                             f"({step}, {2 * step}, {3 * step}, ...), or choose other scales")
         out.append(size)
     return out[0], out[1]
 
@@ -181,18 +246,23 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     check_stages(scales, noise, shifts, steps, resize_method)
     if x.ndim != 4:
         raise ValueError(f"bottleneck sampling needs image latents (B, C, H, W), got shape {tuple(x.shape)}")
-    if float(sigmas[0]) > 1.0 + 1e-4:
-        raise ValueError(f"bottleneck sampling supports rectified-flow models (sigmas <= 1); sigma_max is "
-                         f"{float(sigmas[0]):.4g}")
-    if len(scales) > 1 and float(sigmas[0]) < 0.999:
-        raise ValueError(f"bottleneck sampling starts from pure noise (sigma 1); got sigmas[0] = "
+    ms, _ = split_extra_args(model, extra_args)
+    flow = is_flow(ms) if ms is not None else float(sigmas[0]) <= 1.0 + 1e-4
+    if flow and float(sigmas[0]) > 1.0 + 1e-4:
+        raise ValueError(f"rectified-flow sigmas must be <= 1; got sigmas[0] = {float(sigmas[0]):.4g}")
+    top = 1.0 if flow else float(getattr(ms, "sigma_max", sigmas[0]))
+    if len(scales) > 1 and float(sigmas[0]) < top * 0.999:
+        raise ValueError(f"bottleneck sampling starts from pure noise (sigma {top:.4g}); got sigmas[0] = "
                          f"{float(sigmas[0]):.4g} (use denoise = 1)")
     if len(scales) > 1 and extra_args.get("denoise_mask") is not None:
         raise ValueError("bottleneck sampling cannot follow an inpainting mask across resolutions")
     fn, options, _ = resolve_sampler(base)
-    multiple = int(multiple or model_patch_size(model) or BUILTIN_PATCH)
+    if multiple:
+        multiple, what = int(multiple), f"the size factor {int(multiple)}"
+    else:
+        multiple, what = model_size_factor(model) or (BUILTIN_PATCH, f"the model's patch size {BUILTIN_PATCH}")
     height, width = x.shape[-2:]
-    sizes = [stage_size(height, width, s, multiple, k) for k, s in enumerate(scales)]
+    sizes = [stage_size(height, width, s, multiple, k, what, scales) for k, s in enumerate(scales)]
     counts = [int(n) for n in steps] if steps is not None else split_steps(len(sigmas) - 1, len(scales))
     noise_seed = renoise_seed(x, extra_args, seed)
     progress = {"done": 0, "denoised": None}
@@ -203,12 +273,12 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
             callback({**info, "i": info["i"] + progress["done"]})
 
     for k, (size, w, shift, n) in enumerate(zip(sizes, noise, shifts, counts, strict=True)):
-        stage = stage_sigmas(sigmas, w, n, shift)
+        stage = stage_sigmas(sigmas, w, n, shift, flow)
         if k > 0:  # the last stage ended at sigma 0 (x is its x0) or, on a truncated schedule, use its x0 estimate
             x0 = x if float(sigmas[-1]) == 0.0 else progress["denoised"]
             x0 = resize(x0, size, resize_method)
             eps = seeded_noise(noise_seed + k, tuple(x0.shape), device=x0.device, dtype=x0.dtype)
-            x = (1 - stage[0]) * x0 + stage[0] * eps
+            x = signal_scale(stage[0], flow) * x0 + stage[0] * eps
         x = fn(model, x, stage, extra_args=extra_args, callback=stage_callback, disable=disable,
                **{**options, **base_options})
         progress["done"] += n

@@ -3,15 +3,25 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from analytic import GaussianVE
 
 from turbosample.models.dit import TinyDiT
-from turbosample.samplers.bottleneck import resize, sample_bottleneck, split_steps, stage_sigmas
+from turbosample.samplers.bottleneck import (
+    allowed_multiple,
+    model_size_factor,
+    resize,
+    sample_bottleneck,
+    split_steps,
+    stage_sigmas,
+    stage_size,
+)
 from turbosample.samplers.denoiser import DiffusionModel
-from turbosample.samplers.model_sampling import FlowSampling, time_snr_shift
+from turbosample.samplers.model_sampling import DiscreteSampling, FlowSampling, time_snr_shift
 from turbosample.samplers.noise import seeded_noise
 from turbosample.samplers.registry import SAMPLERS, SamplerInfo
 from turbosample.samplers.run import sample
@@ -118,9 +128,10 @@ def never_called(x, sigma, **_):
 
 
 @pytest.mark.parametrize("size, options, message", [
-    (36, {}, "stage 1: height 36 x scale 0.5 = 18 is not a positive multiple of the model's patch size 4"),
-    (32, {"scales": [1.0, 0.3, 1.0]}, "9.6 is not a positive multiple"),
-    (32, {"multiple": 32}, "16 is not a positive multiple of the model's patch size 32"),
+    (36, {}, "stage 1: height 36 x scale 0.5 = 18 is not a positive multiple of the model's patch size 4; "
+             "allowed latent heights and widths for scales 1, 0.5, 1: multiples of 8 "),
+    (32, {"scales": [1.0, 0.3, 1.0]}, "9.6 is not a positive multiple.*multiples of 40 "),
+    (32, {"multiple": 32}, "16 is not a positive multiple of the size factor 32.*multiples of 64 "),
     (32, {"scales": [0.5, 1.0, 1.0]}, "first and last bottleneck stage must be at full resolution"),
     (32, {"noise": [0.9, 0.8, 0.6]}, "first must be 1"),
     (32, {"shifts": [1.0, 2.0]}, "stages disagree"),
@@ -133,12 +144,15 @@ def test_bad_stage_plans_give_clear_errors(size, options, message):
         sample_bottleneck(never_called, torch.zeros(1, 3, size, size), SIGMAS, **options)
 
 
-def test_non_flow_models_and_masks_are_refused():
+def test_truncated_schedules_flow_sigmas_above_one_and_masks_are_refused():
     x = torch.zeros(1, 3, 32, 32)
-    with pytest.raises(ValueError, match="rectified-flow"):
-        sample_bottleneck(never_called, x, torch.tensor([14.6, 3.0, 0.0]))
+    with pytest.raises(ValueError, match="rectified-flow sigmas must be <= 1"):
+        sample_bottleneck(never_called, x, torch.tensor([14.6, 3.0, 0.0]), {"model_sampling": FlowSampling()})
     with pytest.raises(ValueError, match="pure noise"):
         sample_bottleneck(never_called, x, SIGMAS[2:])
+    eps = DiscreteSampling()
+    with pytest.raises(ValueError, match=r"pure noise \(sigma 14.6"):
+        sample_bottleneck(never_called, x, compute_sigmas(eps, "karras", 8, denoise=0.5), {"model_sampling": eps})
     with pytest.raises(ValueError, match="inpainting mask"):
         sample_bottleneck(never_called, x, SIGMAS, extra_args={"denoise_mask": torch.ones(1, 1, 32, 32)})
 
@@ -217,3 +231,123 @@ def test_nodes_build_samplers_and_name_bad_inputs():
     (df,) = NODE_BY_ID["TurboSampleDualFastSampler"].run(base_sampler="dpmpp_2m", coefficient=0.2,
                                                          schedule="constant")
     assert df.options == {"base": "dpmpp_2m", "coefficient": 0.2, "schedule": "constant"}
+
+
+# --- EPS / V models (k-diffusion sigma space) -------------------------------------------------------------
+
+EPS = DiscreteSampling()
+KARRAS = compute_sigmas(EPS, "karras", 12)
+
+
+def test_eps_stage_sigmas_shift_the_flow_equivalent_time_and_keep_the_model_range():
+    assert torch.allclose(stage_sigmas(KARRAS, 1.0, 12, 1.0, flow=False), KARRAS, rtol=1e-6, atol=0)
+    t = KARRAS.double() / (1 + KARRAS.double())  # x0 + s eps over (1 + s) = (1 - t) x0 + t eps
+    shifted = stage_sigmas(KARRAS, 1.0, 12, 3.0, flow=False).double()
+    top = float(t[0])
+    assert torch.allclose(shifted / (1 + shifted), top * time_snr_shift(3.0, t / top), rtol=1e-6, atol=1e-9)
+    assert shifted[0] == pytest.approx(float(KARRAS[0]), rel=1e-6) and shifted[-1] == 0  # sigma_max and 0 stay
+    assert (shifted[1:-1] > KARRAS[1:-1].double()).all() and (shifted.diff() < 0).all()  # shift > 1: more noise
+    half = stage_sigmas(KARRAS, 0.5, 4, 1.0, flow=False).double()  # strength 0.5 starts at the middle step
+    assert float(half[0]) == pytest.approx(float(KARRAS[6]), rel=1e-6) and half[-1] == 0
+
+
+@pytest.mark.parametrize("base", ["euler", "dpmpp_2m"])
+def test_eps_single_full_stage_is_the_base_sampler(base):
+    model = GaussianVE()
+    x = seeded_noise(5, (1, 4, 16, 16)) * float(KARRAS[0])
+    args = {"model_sampling": EPS}
+    expected = SAMPLERS[base].fn(model.denoise, x.clone(), KARRAS, extra_args=dict(args), callback=None,
+                                 disable=True)
+    out = sample_bottleneck(model.denoise, x.clone(), KARRAS, dict(args), base=base, scales=[1.0], noise=[1.0],
+                            shifts=[1.0])
+    assert torch.allclose(out, expected, rtol=0, atol=1e-6)
+
+
+def test_eps_stages_at_full_scale_compose_base_runs_with_variance_exploding_renoise():
+    model = GaussianVE()
+    x = seeded_noise(5, (1, 4, 16, 16)) * float(KARRAS[0])
+    plan = {"scales": [1.0, 1.0, 1.0], "noise": [1.0, 0.7, 0.4], "shifts": [2.0, 1.0, 3.0], "steps": [4, 5, 3]}
+    out = sample_bottleneck(model.denoise, x.clone(), KARRAS, {"seed": 7}, **plan)  # EPS from sigmas[0] > 1
+    euler = SAMPLERS["euler"].fn
+    y = x.clone()
+    for k in range(3):
+        stage = stage_sigmas(KARRAS, plan["noise"][k], plan["steps"][k], plan["shifts"][k], flow=False)
+        if k:
+            y = y + stage[0] * seeded_noise(7 + k, tuple(y.shape))  # x = x0 + sigma eps (no 1 - sigma)
+        y = euler(model.denoise, y, stage, extra_args={}, callback=None, disable=True)
+    assert torch.allclose(out, y, rtol=0, atol=1e-6)
+
+
+def test_eps_bottleneck_keeps_the_gaussian_statistics_through_the_resize():
+    # exact denoiser of N(m, s^2) data, each stage solved exactly: the ODE maps x - m linearly, so a stage's
+    # output variance is s^2 (v_in + sigma_k^2) / (sigma_k^2 + s^2), v_in the variance of the resized x0
+    # (area: 2x2 mean of independent pixels = v / 4 going down, copies going up)
+    model = GaussianVE(mean=0.3, std=0.5)
+
+    def exact(m, x, sigmas, extra_args=None, callback=None, disable=None):
+        out = model.exact(x, float(sigmas[0]), float(sigmas[-1]))
+        callback({"x": out, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": out})
+        return out
+
+    plan = {"scales": [1.0, 0.5, 1.0], "noise": [1.0, 0.45, 0.3], "shifts": [3.0, 1.0, 1.2],
+            "steps": [4, 4, 4], "resize_method": "area"}
+    x = seeded_noise(100, (1, 4, 96, 96)) * float(KARRAS[0])  # not a re-noise seed (1 + k)
+    seen = []
+    out = sample_bottleneck(model.denoise, x, KARRAS, {"model_sampling": EPS, "seed": 1}, base=exact,
+                            callback=lambda info: seen.append(info["x"].shape[-1]), **plan)
+    assert out.shape == x.shape and torch.isfinite(out).all() and seen == [96, 48, 96]
+    var = model.std ** 2
+    for k, reduce in ((1, 4.0), (2, 1.0)):
+        first = float(stage_sigmas(KARRAS, plan["noise"][k], 4, plan["shifts"][k], flow=False)[0])
+        var = model.std ** 2 * (var / reduce + first ** 2) / (first ** 2 + model.std ** 2)
+    assert var < 0.9 * model.std ** 2  # the resize leaves a mark large enough for the check to see
+    assert float(out.mean()) == pytest.approx(model.mean, abs=0.01)
+    assert float(out.std()) == pytest.approx(var ** 0.5, rel=0.015)
+
+
+class _Wrapped:
+    """A k-diffusion denoiser shaped like ComfyUI's KSamplerX0Inpaint -> guider -> BaseModel chain."""
+
+    def __init__(self, diffusion_model=None, unet_config=None):
+        from types import SimpleNamespace
+
+        base = SimpleNamespace(diffusion_model=diffusion_model,
+                               model_config=SimpleNamespace(unet_config=unet_config or {}))
+        self.inner_model = SimpleNamespace(inner_model=base)
+
+    def __call__(self, x, sigma, **_):
+        raise AssertionError("the model must not run when the stage sizes are invalid")
+
+
+@pytest.mark.parametrize("model, factor", [
+    (_Wrapped(SimpleNamespace(channel_mult=(1, 2, 4, 4))), 8),  # SD1.5: 3 downsamples
+    (_Wrapped(SimpleNamespace(channel_mult=(1, 2, 4))), 4),  # SDXL: 2 downsamples
+    (_Wrapped(SimpleNamespace(patch_size=2)), 2),  # Flux
+    (_Wrapped(SimpleNamespace(patch_size=(1, 2, 2))), 2),  # Wan-style (t, h, w)
+    (_Wrapped(None, {"patch_size": 2, "channel_mult": (1, 2)}), 2),  # unet_config only
+    (_Wrapped(None, {"channel_mult": (1, 2, 4, 4)}), 8),
+    (_Wrapped(SimpleNamespace()), None),
+])
+def test_model_size_factor_reads_comfyui_configs(model, factor):
+    found = model_size_factor(model)
+    assert (found[0] if found else None) == factor
+
+
+def test_unet_sizes_must_divide_by_its_downsampling_factor():
+    sd15 = _Wrapped(SimpleNamespace(channel_mult=(1, 2, 4, 4)))
+    x = torch.zeros(1, 4, 40, 48)
+    with pytest.raises(ValueError, match=r"stage 1: height 40 x scale 0.5 = 20 is not a positive multiple of the "
+                                         r"UNet's factor 8 = 2\*\*3 downsamples; allowed latent heights and widths "
+                                         r"for scales 1, 0.5, 1: multiples of 16 \(16, 32, 48"):
+        sample_bottleneck(sd15, x, KARRAS, {"model_sampling": EPS})
+    assert allowed_multiple([1.0, 0.75, 1.0], 8) == 32 and allowed_multiple([1.0, 1.5], 2) == 4
+    for scales, factor in (([1.0, 0.5, 1.0], 8), ([1.0, 0.75, 1.0], 2), ([1.0, 0.3, 1.0], 4)):
+        step = allowed_multiple(scales, factor)
+        for side in range(1, 3 * step + 1):
+            try:
+                for k, s in enumerate(scales):
+                    stage_size(side, side, s, factor, k)
+                ok = True
+            except ValueError:
+                ok = False
+            assert ok == (side % step == 0), (scales, factor, side)
