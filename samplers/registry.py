@@ -126,3 +126,20 @@ SAMPLERS["res_multistep_ancestral"] = SamplerInfo(
 SAMPLERS["gradient_estimation"] = SamplerInfo(
     "gradient_estimation", gradient_estimation.sample_gradient_estimation, 1,
     "gradient estimation (Permenter & Yuan): Euler with direction 2 d_i - d_(i-1)")
+
+# SA-Solver (samplers/sa_solver.py) and more ComfyUI stochastic samplers (samplers/extra_samplers.py); ComfyUI's own
+# KSampler keeps its versions of these names (nodes/comfy_names.py skips names it already has)
+from . import extra_samplers, sa_solver  # noqa: E402
+
+for _name, _fn, _calls, _text in (
+        ("sa_solver", sa_solver.sample_sa_solver, 1,
+         "SA-Solver: stochastic Adams predictor (order 3) + corrector (order 4), SDE noise in the middle 20-80%"),
+        ("sa_solver_pece", sa_solver.sample_sa_solver_pece, 2,
+         "SA-Solver PECE: evaluates the corrected state again (2 calls per step after the first)"),
+        ("er_sde", extra_samplers.sample_er_sde, 1, "ER-SDE-Solver-3 (extended reverse-time SDE, Brownian-tree noise)"),
+        ("seeds_2", extra_samplers.sample_seeds_2, 2, "SEEDS-2 stochastic exponential Runge-Kutta (2 stages)"),
+        ("seeds_3", extra_samplers.sample_seeds_3, 3, "SEEDS-3 stochastic exponential Runge-Kutta (3 stages)"),
+        ("heunpp2", extra_samplers.sample_heunpp2, 3, "Heun++: slopes at 3 sigmas, sigma-weighted"),
+        ("dpm_2_ancestral", extra_samplers.sample_dpm_2_ancestral, 2,
+         "DPM-Solver-2 with ancestral noise (rectified-flow noise on flow models)")):
+    SAMPLERS[_name] = SamplerInfo(_name, _fn, _calls, _text)
