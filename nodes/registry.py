@@ -5,6 +5,7 @@ from __future__ import annotations
 from .attention_nodes import NODES as ATTENTION_NODES
 from .ays_nodes import NODES as AYS_NODES
 from .builtin_nodes import NODES as BUILTIN_NODES
+from .dc_solver_nodes import NODES as DC_SOLVER_NODES
 from .flow_shift_nodes import NODES as FLOW_SHIFT_NODES
 from .flowturbo_nodes import NODES as FLOWTURBO_NODES
 from .gap_sampler_nodes import NODES as GAP_SAMPLER_NODES
@@ -17,5 +18,5 @@ from .spec import NodeSpec
 
 NODES: tuple[NodeSpec, ...] = (BUILTIN_NODES + RAS_NODES + MAGCACHE_NODES + LOOP_ACCEL_NODES + PLOT_NODES
                               + ATTENTION_NODES + FLOWTURBO_NODES + FLOW_SHIFT_NODES
-                              + GAP_SAMPLER_NODES + GITS_NODES + AYS_NODES)
+                              + GAP_SAMPLER_NODES + GITS_NODES + AYS_NODES + DC_SOLVER_NODES)
 NODE_BY_ID: dict[str, NodeSpec] = {n.node_id: n for n in NODES}

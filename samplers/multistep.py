@@ -59,21 +59,39 @@ def sample_uni_pc(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict
     history = [(0, denoised)]  # (grid index, x0 estimate), oldest first
     for k in range(1, steps + 1):
         step_callback(callback, x, k - 1, sigmas[k - 1], history[-1][1])
-        step_order = k if k < order else min(order, steps + 1 - k)
-        j0, m0 = history[-1]
-        h = lam[k] - lam[j0]
-        previous = history[-step_order:-1][::-1]  # newest first, excluding m0
-        rks = [(lam[j] - lam[j0]) / h for j, _ in previous] + [1.0]
-        b_h, rho_p, rho_c = _unipc_coefficients(rks, h, step_order, variant)
-        slopes = [(m - m0) / r for (_, m), r in zip(previous, rks, strict=False)]
-        x_base = (grid[k] / grid[j0]) * x - math.expm1(-h) * m0
-        x = x_base - b_h * sum(w * d for w, d in zip(rho_p, slopes, strict=True)) if slopes else x_base
+        x, correct = unipc_step(x, history, lam, grid, k, unipc_step_order(k, steps, order), variant)
         if k < steps:  # UniC corrector with the new model value, which the next step also reuses
             m_new = evaluate(model, x, sigmas.new_tensor(grid[k]), args)
-            correction = sum(w * d for w, d in zip(rho_c[:-1], slopes, strict=True)) if slopes else 0
-            x = x_base - b_h * (correction + rho_c[-1] * (m_new - m0))
+            x = correct(m_new)
             history = (history + [(k, m_new)])[-order:]
     return x
+
+
+def unipc_step_order(k: int, steps: int, order: int) -> int:
+    """UniPC's order at step k (1-based): warm-up k, then ``order``, lower again over the last steps."""
+    return k if k < order else min(order, steps + 1 - k)
+
+
+def unipc_step(x: torch.Tensor, history: list, lam: list[float], grid: list[float], k: int, step_order: int,
+               variant: str):
+    """UniP predictor from grid[k - 1] to grid[k] using the newest ``step_order`` (grid index, x0) of ``history``.
+
+    Returns (predicted x, ``correct(m_new)`` giving the UniC-corrected x from the model value at the prediction).
+    """
+    j0, m0 = history[-1]
+    h = lam[k] - lam[j0]
+    previous = history[-step_order:-1][::-1]  # newest first, excluding m0
+    rks = [(lam[j] - lam[j0]) / h for j, _ in previous] + [1.0]
+    b_h, rho_p, rho_c = _unipc_coefficients(rks, h, step_order, variant)
+    slopes = [(m - m0) / r for (_, m), r in zip(previous, rks, strict=False)]
+    x_base = (grid[k] / grid[j0]) * x - math.expm1(-h) * m0
+    x_pred = x_base - b_h * sum(w * d for w, d in zip(rho_p, slopes, strict=True)) if slopes else x_base
+
+    def correct(m_new: torch.Tensor) -> torch.Tensor:
+        correction = sum(w * d for w, d in zip(rho_c[:-1], slopes, strict=True)) if slopes else 0
+        return x_base - b_h * (correction + rho_c[-1] * (m_new - m0))
+
+    return x_pred, correct
 
 
 @torch.no_grad()

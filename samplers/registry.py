@@ -143,3 +143,10 @@ for _name, _fn, _calls, _text in (
         ("dpm_2_ancestral", extra_samplers.sample_dpm_2_ancestral, 2,
          "DPM-Solver-2 with ancestral noise (rectified-flow noise on flow models)")):
     SAMPLERS[_name] = SamplerInfo(_name, _fn, _calls, _text)
+
+# DC-Solver (samplers/dc_solver.py): UniPC with dynamic compensation; without calibrated ratios it is plain UniPC
+# (ratios come from samplers/dc_calibration.py, the TurboSample DC-Solver nodes)
+from . import dc_solver  # noqa: E402
+
+SAMPLERS["dc_solver"] = SamplerInfo("dc_solver", dc_solver.sample_dc_solver, 1,
+                                    "DC-Solver: UniPC with calibrated dynamic compensation (all ratios 1 = UniPC)")

@@ -1,0 +1,72 @@
+"""DC-Solver vs UniPC on the built-in model: paired PSNR to a high-step reference on held-out seeds.
+
+    OMP_NUM_THREADS=2 python bench/bench_dc_solver.py [--nfe 5 6 8 10] [--size 32]
+
+For every NFE the ratios are calibrated (samplers/dc_calibration.py, paper defaults: 10 samples, 200-step
+reference) on one noise batch drawn from --calib-seed with the prompts of builtin_runs.PROMPTS; the comparison
+then runs on other seeds (--seeds) for the same prompts, both samplers on the same simple schedule and CFG.
+The reference is iPNDM with --ref-steps steps. dPSNR is the mean per-image difference DC - UniPC with its
+standard error (paired). Both samplers make one model call per step, so the NFE is equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from builtin_runs import PROMPTS, conditions, generate
+from metrics import peak_signal_noise_ratio
+
+from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+from turbosample.samplers.dc_calibration import calibrate_for_model
+from turbosample.samplers.dc_solver import sample_dc_solver
+from turbosample.samplers.registry import SAMPLERS, SamplerInfo
+
+
+def psnr_each(images: list[np.ndarray], refs: list[np.ndarray]) -> np.ndarray:
+    return np.array([peak_signal_noise_ratio(r, i, data_range=1.0) for i, r in zip(images, refs, strict=True)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--nfe", type=int, nargs="+", default=[5, 6, 8, 10])
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--cfg", type=float, default=4.0)
+    ap.add_argument("--samples", type=int, default=10, help="calibration samples (paper: 10)")
+    ap.add_argument("--calib-seed", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--ref-steps", type=int, default=200)
+    ap.add_argument("--bounds", type=float, nargs=2, default=None, help="ratio search interval (default (-1, 3))")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    (model,) = load_builtin_model(1.0)
+    prompts = [PROMPTS[k % len(PROMPTS)] for k in range(args.samples)]
+    positive = [[torch.cat([encode_text(p)[0][0][0] for p in prompts]), {}]]
+    (negative,) = encode_text("")
+    conds = conditions(PROMPTS, seeds=args.seeds)
+    refs, ref_seconds = generate(model, SAMPLERS["ipndm"], args.ref_steps, conds, args.size, args.cfg)
+    print(f"built-in model, {args.size}px, CFG {args.cfg}, simple schedule; reference iPNDM {args.ref_steps} steps "
+          f"({ref_seconds:.2f} s/image); calibration: {args.samples} samples (seed {args.calib_seed}); "
+          f"evaluation: {len(conds)} images ({len(PROMPTS)} prompts x seeds {args.seeds})\n")
+    print("| NFE | UniPC PSNR | DC-Solver PSNR | dPSNR (paired, +- s.e.) | DC better on | calibration s | ratios |")
+    print("|---|---|---|---|---|---|---|")
+    for nfe in args.nfe:
+        start = time.perf_counter()
+        record = calibrate_for_model(model, positive, negative, args.cfg, nfe, (1, 3, args.size, args.size),
+                                     samples=args.samples, seed=args.calib_seed, scheduler="simple",
+                                     **({"bounds": tuple(args.bounds)} if args.bounds else {}))
+        calib_seconds = time.perf_counter() - start
+        dc = SamplerInfo("dc_solver", sample_dc_solver, 1, "bench", {"ratios": record["ratios"]})
+        base = psnr_each(generate(model, SAMPLERS["uni_pc"], nfe, conds, args.size, args.cfg)[0], refs)
+        ours = psnr_each(generate(model, dc, nfe, conds, args.size, args.cfg)[0], refs)
+        diff = ours - base
+        print(f"| {nfe} | {base.mean():.2f} | {ours.mean():.2f} | {diff.mean():+.2f} +- "
+              f"{diff.std(ddof=1) / np.sqrt(len(diff)):.2f} | {int((diff > 0).sum())}/{len(diff)} | "
+              f"{calib_seconds:.0f} | {', '.join(f'{r:.3f}' for r in record['ratios'][2:])} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""DC-Solver nodes: calibrate the compensation ratios on the connected model, and a SAMPLER that uses them.
+
+Stand-alone the calibration runs on our DiffusionModel; in ComfyUI it runs inside ComfyUI's own CFG guider (a
+KSAMPLER that calibrates and returns its input). The SAMPLER runs in TurboSample Sample or SamplerCustom /
+SamplerCustomAdvanced (``comfy.samplers.KSAMPLER``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..samplers.dc_calibration import (
+    CPR_FORMAT,
+    DEFAULTS,
+    calibrate,
+    calibrate_for_model,
+    load_calibration,
+    load_cpr,
+    model_id_of,
+    predict_cpr,
+    save_calibration,
+)
+from ..samplers.dc_solver import sample_dc_solver
+from ..samplers.registry import SamplerInfo
+from ..samplers.schedulers import SCHEDULERS, compute_sigmas
+from .spec import NodeInputError, NodeSpec, Output, Param
+
+CATEGORY = "TurboSample/accelerators"
+
+
+def calibration_dir() -> Path:
+    """Where calibrations go: $TURBOSAMPLE_DC_SOLVER_DIR, ComfyUI's user dir, or ~/.cache/turbosample/dc_solver."""
+    if os.environ.get("TURBOSAMPLE_DC_SOLVER_DIR"):
+        return Path(os.environ["TURBOSAMPLE_DC_SOLVER_DIR"])
+    try:
+        import folder_paths
+
+        return Path(folder_paths.get_user_directory()) / "turbosample_dc_solver"
+    except ImportError:
+        return Path.home() / ".cache" / "turbosample" / "dc_solver"
+
+
+def resolve_path(spec: str) -> Path:
+    path = Path(spec.strip()).expanduser()
+    if not spec.strip():
+        raise NodeInputError("calibration: give the JSON path written by TurboSample DC-Solver Calibrate")
+    return path if path.is_absolute() or path.exists() else calibration_dir() / path
+
+
+def _write(record: dict, filename: str) -> tuple:
+    name = filename.strip() or (f"dc_solver_{record['model_id'].replace(':', '_')}_{record['scheduler']}_"
+                                f"{record['steps']}steps_cfg{record['cfg']:g}")
+    if not re.fullmatch(r"[\w.\-]+", name):
+        raise NodeInputError(f"filename {name!r} may only use letters, digits, '_', '-' and '.'")
+    return (str(save_calibration(calibration_dir() / (name if name.endswith(".json") else name + ".json"), record)),)
+
+
+def dc_calibrate(model, positive, negative, latent_image, seed: int, cfg: float, steps: int, scheduler: str,
+                 samples: int, filename: str) -> tuple:
+    """Stand-alone: calibrate our DiffusionModel and write the JSON; returns its path."""
+    from ..samplers.denoiser import DiffusionModel
+
+    if not isinstance(model, DiffusionModel):
+        raise NodeInputError("TurboSample DC-Solver Calibrate outside ComfyUI takes the built-in model")
+    try:
+        record = calibrate_for_model(model, positive, negative, cfg, steps, tuple(latent_image["samples"].shape),
+                                     samples=samples, seed=seed, scheduler=scheduler)
+    except ValueError as exc:
+        raise NodeInputError(str(exc)) from None
+    return _write(record, filename)
+
+
+def comfy_dc_calibrate(model, positive, negative, latent_image, seed: int, cfg: float, steps: int, scheduler: str,
+                       samples: int, filename: str) -> tuple:
+    """ComfyUI: the calibration runs inside ComfyUI's CFG guider on ComfyUI's own schedule of that name."""
+    import comfy.sample
+    import comfy.samplers
+
+    ms = model.get_model_object("model_sampling")
+    if scheduler in comfy.samplers.SCHEDULER_NAMES:
+        sigmas = comfy.samplers.calculate_sigmas(ms, scheduler, steps).float().cpu()
+    else:
+        sigmas = compute_sigmas(ms, scheduler, steps).float().cpu()
+    found: dict = {}
+
+    def search(model_fn, x, sigmas_in, extra_args=None, callback=None, disable=None):
+        found.update(calibrate(model_fn, x, sigmas_in, extra_args=extra_args))
+        return x
+
+    latent = latent_image["samples"]
+    latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros((samples, *latent.shape[1:])))
+    noise = comfy.sample.prepare_noise(latent, seed)
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    try:
+        guider.sample(noise, latent, comfy.samplers.KSAMPLER(search), sigmas, seed=seed)
+    except ValueError as exc:
+        raise NodeInputError(str(exc)) from None
+    found.update(model_id=model_id_of(model), cfg=float(cfg), scheduler=scheduler, samples=int(samples),
+                 seed=int(seed))
+    return _write(found, filename)
+
+
+def sample_dc_solver_cpr(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
+                         callback=None, disable: bool | None = None, cpr_weights=None, cfg: float = 7.5,
+                         variant: str = "bh1") -> torch.Tensor:
+    """DC-Solver with ratios predicted by CPR for this run's step count and ``cfg``."""
+    ratios = predict_cpr(cpr_weights, len(sigmas) - 1, cfg)
+    return sample_dc_solver(model, x, sigmas, extra_args, callback, disable, ratios=ratios, variant=variant)
+
+
+def dc_solver_info(model, calibration: str, cfg: float) -> SamplerInfo:
+    """The SamplerInfo for a calibration (or CPR) file checked against ``model``'s weights."""
+    import json
+
+    path = resolve_path(calibration)
+    try:
+        model_id = model_id_of(model)
+        kind = json.loads(path.read_text()).get("format") if path.is_file() else None
+        if kind == CPR_FORMAT:
+            options = {"cpr_weights": load_cpr(path, model_id), "cfg": float(cfg)}
+            return SamplerInfo("dc_solver", sample_dc_solver_cpr, 1, f"DC-Solver (CPR, cfg {cfg:g})", options)
+        record = load_calibration(path, model_id)
+    except (ValueError, OSError, AttributeError) as exc:
+        raise NodeInputError(f"calibration {calibration!r}: {exc}") from None
+    options = {"ratios": record["ratios"], "variant": record.get("variant", "bh1"),
+               "calibrated_sigmas": record["sigmas"]}
+    return SamplerInfo("dc_solver", sample_dc_solver, 1, f"DC-Solver ({record['steps']} steps)", options)
+
+
+def dc_solver_sampler(model, calibration: str, cfg: float) -> tuple:
+    return (dc_solver_info(model, calibration, cfg),)
+
+
+def comfy_dc_solver_sampler(model, calibration: str, cfg: float) -> tuple:
+    import comfy.samplers
+
+    info = dc_solver_info(model, calibration, cfg)
+    return (comfy.samplers.KSAMPLER(info.fn, extra_options=dict(info.options)),)
+
+
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("TurboSampleDCSolverCalibrate", "TurboSample DC-Solver Calibrate", CATEGORY,
+             "DC-Solver (Zhao et al., ECCV 2024): finds one dynamic-compensation ratio per step for UniPC on this "
+             "model, prompt, CFG and schedule by matching a 200-step reference trajectory of `samples` noises "
+             "(about samples x (200 + 20 x steps) model calls, once). Writes JSON; returns its path.",
+             (Param("model", "MODEL"), Param("positive", "CONDITIONING"), Param("negative", "CONDITIONING"),
+              Param("latent_image", "LATENT", tooltip="Only its shape is used."),
+              Param("seed", "INT", 0, 0, 2**64 - 1, seed=True, tooltip="Noise of the calibration samples."),
+              Param("cfg", "FLOAT", 4.0, 0.0, 30.0, 0.1, tooltip="Guidance the ratios are calibrated for."),
+              Param("steps", "INT", 6, 3, 60, tooltip="Steps (= model calls) the ratios are for."),
+              Param("scheduler", "COMBO", "simple", choices=lambda: list(SCHEDULERS),
+                    tooltip="Schedule the sampler will run on (the sampler refuses other sigmas)."),
+              Param("samples", "INT", DEFAULTS["samples"], 1, 64, tooltip="Calibration samples (the paper uses 10)."),
+              Param("filename", "STRING", "", tooltip="File name in the calibration folder; empty = derived from the "
+                                                      "settings.")),
+             (Output("calibration", "STRING"),), dc_calibrate, comfy_fn=comfy_dc_calibrate, output_node=True),
+    NodeSpec("TurboSampleDCSolverSampler", "TurboSample DC-Solver", CATEGORY,
+             "DC-Solver sampler: UniPC (one model call per step) with the compensation ratios of a DC-Solver "
+             "Calibrate file; the run must use the model, step count and sigmas it was calibrated for. A CPR file "
+             "(samplers/dc_calibration.py save_cpr) predicts ratios for any step count at the given cfg.",
+             (Param("model", "MODEL", tooltip="Checked against the calibration's weights fingerprint."),
+              Param("calibration", "STRING", "", tooltip="Calibration JSON path (or name in the calibration folder)."),
+              Param("cfg", "FLOAT", 4.0, 0.0, 30.0, 0.1, tooltip="Only for CPR files: the guidance to predict for.")),
+             (Output("SAMPLER", "SAMPLER"),), dc_solver_sampler, comfy_fn=comfy_dc_solver_sampler),
+)
