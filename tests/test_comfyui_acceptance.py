@@ -196,6 +196,21 @@ def test_ays_optimize_scheduler_runs_inside_comfyui_and_feeds_the_sampler(comfy)
     assert saved_images(base, run_prompt(url, prompt))
 
 
+def test_dc_solver_calibrates_inside_comfyui_and_its_sampler_runs_on_the_file(comfy):
+    url, base = comfy
+    prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
+    prompt["4"]["inputs"].update(width=32, height=32)
+    prompt["6"]["inputs"].update(steps=5, scheduler="simple")
+    prompt["10"] = {"class_type": "TurboSampleDCSolverCalibrate", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 3,
+        "cfg": 4.0, "steps": 5, "scheduler": "simple", "samples": 1, "filename": "acceptance_dc.json"}}
+    prompt["5"] = {"class_type": "TurboSampleDCSolverSampler", "inputs": {
+        "model": ["1", 0], "calibration": ["10", 0], "cfg": 4.0}}
+    assert saved_images(base, run_prompt(url, prompt))
+    written = list(base.rglob("acceptance_dc.json"))
+    assert written and len(json.loads(written[0].read_text())["ratios"]) == 5
+
+
 @pytest.mark.parametrize("node, inputs", [
     ("TurboSampleTimeShiftSampler", {"base_sampler": "euler_ancestral", "window": 30, "cutoff": 300}),
     ("TurboSampleDualFastSampler", {"base_sampler": "dpmpp_2m_sde", "coefficient": 0.3, "schedule": "constant"}),
