@@ -17,10 +17,12 @@ Conventions shared by all three (so accelerators see one interface):
 * **cond** is a ``BlockCond``: per-sample tensors (indexable by batch rows, as MagCache does for a subset of
   CFG branches) plus call-wide values (text length, rotary embeddings).
 
-``run_block`` is not provided (RAS needs per-block attention access these adapters do not give), so RAS
-refuses these models with UnsupportedModel. ControlNet residuals, IP-adapter inputs and SD3 skip-layer
-guidance are not part of the rebuilt forward. diffusers itself is never imported here; the adapters work on
-the model objects.
+``run_block`` (RAS) exists for SD3 and Flux (``accel.diffusers_ras``: each block's own forward with its
+attention processor swapped for the call); text tokens are always active, so RAS drops image tokens only, and
+``BlockCond.at_tokens`` gives the kept tokens their own RoPE positions. SD3.5 dual-attention blocks (MMDiT-X,
+SD3.5 Medium) and Wan have no ``run_block``, so RAS refuses them with UnsupportedModel. ControlNet residuals,
+IP-adapter inputs and SD3 skip-layer guidance are not part of the rebuilt forward. diffusers itself is never
+imported here; the adapters work on the model objects.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 
 from .adapter import TransformerParts, UnsupportedModel
+from .diffusers_ras import routed_run_block
 
 Context = Mapping[str, torch.Tensor] | torch.Tensor
 
@@ -46,6 +49,20 @@ class BlockCond:
     def __getitem__(self, rows: torch.Tensor | slice) -> BlockCond:
         """The same conditioning for a subset of batch rows."""
         return BlockCond({k: v[rows] for k, v in self.batch.items()}, self.shared)
+
+    def at_tokens(self, index: torch.Tensor) -> BlockCond:
+        """The conditioning of the block-stack tokens ``index`` (B, K): RoPE becomes per sample, (B, K, hd)."""
+        if "rotary" not in self.shared:
+            return self
+        cos, sin = self.shared["rotary"]
+        shared = {k: v for k, v in self.shared.items() if k != "rotary"}
+        return BlockCond({**self.batch, "rotary_cos": cos[index], "rotary_sin": sin[index]}, shared)
+
+    def rotary(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """RoPE ``(cos, sin)``: (S, hd) shared, or (B, S, hd) after ``at_tokens``; None without RoPE."""
+        if "rotary_cos" in self.batch:
+            return self.batch["rotary_cos"], self.batch["rotary_sin"]
+        return self.shared.get("rotary")
 
 
 def context_tensor(context: Context, key: str, model: str, required: bool = True) -> torch.Tensor | None:
@@ -77,7 +94,7 @@ def dual_stream_block(block: torch.nn.Module, rotary: bool) -> Callable[[torch.T
 
     def run(tokens: torch.Tensor, cond: BlockCond) -> torch.Tensor:
         txt, img = split_streams(tokens, cond)
-        extra = {"image_rotary_emb": cond.shared["rotary"]} if rotary else {}
+        extra = {"image_rotary_emb": cond.rotary()} if rotary else {}
         txt_out, img_out = block(hidden_states=img, encoder_hidden_states=txt, temb=cond.batch["temb"], **extra)
         return torch.cat([txt if txt_out is None else txt_out, img_out], dim=1)
 
@@ -106,9 +123,12 @@ def sd3_parts(model: torch.nn.Module) -> TransformerParts:
         out = out.reshape(out.shape[0], rows, cols, p, p, model.out_channels)
         return torch.einsum("nhwpqc->nchpwq", out).reshape(out.shape[0], model.out_channels, rows * p, cols * p)
 
-    blocks = [dual_stream_block(b, rotary=False) for b in model.transformer_blocks]
-    return TransformerParts(name="diffusers SD3Transformer2DModel", embed=embed, blocks=blocks, head=head,
-                            patch_size=p)
+    modules = list(model.transformer_blocks)
+    blocks = [dual_stream_block(b, rotary=False) for b in modules]
+    dual = any(getattr(b, "attn2", None) is not None for b in modules)  # SD3.5 MMDiT-X: 2nd, image-only attention
+    return TransformerParts(name="diffusers SD3Transformer2DModel" + (" (dual attention)" if dual else ""),
+                            embed=embed, blocks=blocks, head=head, patch_size=p,
+                            run_block=None if dual else routed_run_block([b.attn for b in modules], blocks))
 
 
 # --- Flux ----------------------------------------------------------------------------------------------------
@@ -158,9 +178,10 @@ def flux_parts(model: torch.nn.Module) -> TransformerParts:
         _, img = split_streams(tokens, cond)
         return flux_unpack(model.proj_out(model.norm_out(img, cond.batch["temb"])), *grid)
 
-    blocks = [dual_stream_block(b, rotary=True) for b in (*model.transformer_blocks, *model.single_transformer_blocks)]
+    modules = [*model.transformer_blocks, *model.single_transformer_blocks]
+    blocks = [dual_stream_block(b, rotary=True) for b in modules]
     return TransformerParts(name="diffusers FluxTransformer2DModel", embed=embed, blocks=blocks, head=head,
-                            patch_size=2)
+                            patch_size=2, run_block=routed_run_block([b.attn for b in modules], blocks))
 
 
 # --- Wan -----------------------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ Decisions:
   MagCache-skipped step leaves the K/V caches as they were; a skipped dense (error-reset) step moves to the
   row's next computed step. Measured (``bench/bench_stack.py``) the stale caches make the pair lose more
   fidelity than the two errors alone would add.
+* **Dual-stream models** (diffusers SD3 / Flux, ``accel.diffusers_adapters``): the block stack carries text
+  tokens before the image tokens; text tokens are always active (``stack_index``), only image tokens are
+  selected and dropped, and RoPE follows the kept tokens (``tokens_cond``).
 * **Starvation direction**: the official code multiplies the score by ``exp(+s*cnt)`` and drops the highest
   scores, so a dropped token becomes *more* likely to be dropped again (it is in effect never recomputed);
   its README says a larger scale gives "more uniform sampling", i.e. ``exp(-s*cnt)``. Measured on the built-in
@@ -93,10 +96,27 @@ def dense_blocks(parts: TransformerParts, tokens: torch.Tensor, c: torch.Tensor)
     return tokens, caches
 
 
+def stack_index(active: torch.Tensor, n_stack: int, n_image: int) -> torch.Tensor:
+    """Image-token indices (B, K) -> indices into the block-stack tokens, whose first ``n_stack - n_image``
+    (text tokens of dual-stream models) are always active."""
+    lead = n_stack - n_image
+    if lead == 0:
+        return active
+    fixed = torch.arange(lead, device=active.device).expand(active.shape[0], lead)
+    return torch.cat([fixed, active + lead], dim=1)
+
+
+def tokens_cond(c: object, index: torch.Tensor) -> object:
+    """The conditioning of the block-stack tokens ``index``: position-dependent parts (RoPE) follow them."""
+    at_tokens = getattr(c, "at_tokens", None)
+    return c if at_tokens is None else at_tokens(index)
+
+
 def sparse_blocks(parts: TransformerParts, tokens: torch.Tensor, c: torch.Tensor, caches: list,
                   active: torch.Tensor) -> torch.Tensor:
-    """The ``active`` (B, K) tokens through every block over cached K/V (updated in place) -> (B, K, D)."""
+    """The ``active`` (B, K) block-stack tokens through every block over cached K/V (updated in place) -> (B, K, D)."""
     h = gather_tokens(tokens, active)
+    c = tokens_cond(c, active)
     for j in range(len(parts.blocks)):
         attention = partial(cached_attention, cache=caches[j], index=active, attention=block_attention(parts, j))
         h = parts.run_block(j, h, c, attention)
@@ -124,8 +144,9 @@ def sparse_forward(parts: TransformerParts, x: torch.Tensor, timestep: torch.Ten
                    caches: list, active: torch.Tensor, prev_out: torch.Tensor) -> torch.Tensor:
     """The forward for the ``active`` (B, K) tokens over cached K/V (updated in place); others keep prev_out."""
     tokens, c, grid = parts.embed(x, timestep, context)
-    h = sparse_blocks(parts, tokens, c, caches, active)
-    new = parts.head(scatter_tokens(torch.zeros_like(tokens), active, h), c, grid)
+    index = stack_index(active, tokens.shape[1], grid[0] * grid[1])
+    h = sparse_blocks(parts, tokens, c, caches, index)
+    new = parts.head(scatter_tokens(torch.zeros_like(tokens), index, h), c, grid)
     return keep_inactive(new, active, grid, parts.patch_size, prev_out)
 
 
@@ -170,11 +191,12 @@ class RASRunner:
             st.active = select_tokens(st.prev_out, self.parts.patch_size, st.drops, self.n_drop, self.n_chunks,
                                       self.cfg)
             st.selected = self.step
+        index = stack_index(st.active, tokens.shape[1], st.drops.shape[1])
         if every:  # the whole batch: work on the caches in place
-            h = sparse_blocks(self.parts, tokens, c, st.caches, st.active)
+            h = sparse_blocks(self.parts, tokens, c, st.caches, index)
             self.sparse_rows = rows
-            return scatter_tokens(st.prev_tokens.to(h.dtype), st.active, h)
-        active = st.active[rows]
+            return scatter_tokens(st.prev_tokens.to(h.dtype), index, h)
+        active = index[rows]
         caches = [(k[rows], v[rows]) for k, v in st.caches]
         h = sparse_blocks(self.parts, tokens, c, caches, active)
         for (ck, cv), (k, v) in zip(st.caches, caches, strict=True):

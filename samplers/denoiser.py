@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -57,13 +57,37 @@ def model_sampling_of(model: object) -> object:
     raise TypeError(f"{type(model).__name__} is not a diffusion model (no model_sampling)")
 
 
-def conditioning_tensor(conditioning: list) -> torch.Tensor:
-    """The (B, L, D) tensor of a single-entry ComfyUI-style CONDITIONING ``[[tensor, {...}]]``."""
-    if not isinstance(conditioning, list) or not conditioning or not isinstance(conditioning[0][0], torch.Tensor):
+def conditioning_tensor(conditioning: list) -> torch.Tensor | Mapping[str, torch.Tensor]:
+    """The (B, L, D) tensor of a single-entry ComfyUI-style CONDITIONING ``[[tensor, {...}]]``.
+
+    The entry may also be a mapping of batch-first tensors, the context of a dict-context model (diffusers
+    SD3/Flux through ``accel.diffusers_adapters.DiffusersDiT``: encoder_hidden_states, pooled_projections ...).
+    """
+    if not isinstance(conditioning, list) or not conditioning or not isinstance(conditioning[0][0],
+                                                                                 (torch.Tensor, Mapping)):
         raise ValueError("conditioning must be a CONDITIONING list [[tensor, dict], ...]")
     if len(conditioning) != 1:
         raise ValueError("the built-in sampler takes one conditioning entry; combine prompts into one text")
     return conditioning[0][0]
+
+
+def batch_context(context: torch.Tensor | Mapping, x: torch.Tensor) -> torch.Tensor | dict:
+    """A tensor or mapping context on ``x``'s device and dtype, one-row entries repeated to ``x``'s batch."""
+    if isinstance(context, Mapping):
+        return {k: batch_context(v, x) for k, v in context.items()}
+    t = context.to(x).reshape(1) if context.ndim == 0 else context.to(x)
+    return t.expand(x.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
+
+
+def join_contexts(c: torch.Tensor | Mapping, u: torch.Tensor | Mapping) -> torch.Tensor | dict:
+    """[positive; negative] contexts along the batch (per key for mappings)."""
+    if isinstance(c, Mapping) or isinstance(u, Mapping):
+        if not (isinstance(c, Mapping) and isinstance(u, Mapping)) or set(c) != set(u):
+            raise ValueError("positive and negative conditioning have different keys")
+        return {k: join_contexts(c[k], u[k]) for k in c}
+    if c.shape[1:] != u.shape[1:]:
+        raise ValueError("positive and negative conditioning have different lengths")
+    return torch.cat([c, u])
 
 
 def cfg_denoiser(model: DiffusionModel, positive: list, negative: list, cfg: float,
@@ -80,17 +104,13 @@ def cfg_denoiser(model: DiffusionModel, positive: list, negative: list, cfg: flo
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, model_options: dict | None = None, **_: object) -> torch.Tensor:
         model_options = model_options or {}
-        b = x.shape[0]
-        c = cond.to(x).expand(b, -1, -1) if cond.shape[0] == 1 else cond.to(x)
+        c = batch_context(cond, x)
         if cfg == 1.0 and not model_options.get("disable_cfg1_optimization", False):
             pos = model.denoise(x, sigma, c, {**options, "cond_or_uncond": [0]})
             neg, out = torch.zeros_like(pos), pos
         else:
-            u = uncond.to(x).expand(b, -1, -1) if uncond.shape[0] == 1 else uncond.to(x)
-            if u.shape[1] != c.shape[1]:
-                raise ValueError("positive and negative conditioning have different lengths")
-            both = model.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([c, u]),
-                                 {**options, "cond_or_uncond": [0, 1]})
+            both = model.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                 join_contexts(c, batch_context(uncond, x)), {**options, "cond_or_uncond": [0, 1]})
             pos, neg = both.chunk(2)
             out = neg + cfg * (pos - neg)
         for fn in model_options.get("sampler_post_cfg_function", []):

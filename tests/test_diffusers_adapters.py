@@ -189,8 +189,8 @@ def test_magcache_skip_reuses_the_two_stream_residual_per_branch():
                                                                  (0, True), (1, False)]
 
 
-def test_ras_refuses_diffusers_models_cleanly(models):
-    base = DiffusionModel(DiffusersDiT(models["sd3"]), FlowSampling())
+def test_ras_refuses_diffusers_models_cleanly(models):  # SD3 / Flux: tests/test_ras_diffusers.py
+    base = DiffusionModel(DiffusersDiT(models["wan"]), FlowSampling())
     with pytest.raises(UnsupportedModel, match="RAS needs per-block attention"):
         apply_ras(base)
     assert base.wrappers == ()
