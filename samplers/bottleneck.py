@@ -33,13 +33,28 @@ What was verified, and where (2026-11):
   tables 4-5 and table 7): FLUX.1-dev "x3" = resolutions [1024, 512, 1024], noise re-introduction
   strengths [1, 0.8, 0.6], steps [6, 20, 8], shifts [9, 6, 9] over a 50-step shift-3 baseline; Lanczos
   is the chosen resizer, compared with bilinear, bicubic and nearest (all offered here, plus area).
-* Project page (GitHub ``tyfeld/BottleneckSampling.github.io`` index.html): three stages, high-res
-  denoising for semantics, low-res for efficiency, high-res to restore detail; no algorithm detail.
-* NOT verified: the official code (``tyfeld/Bottleneck-Sampling`` has no stored snapshot) and the paper's
-  method section (stored copies stop after the abstract). Hence the two open points are our reading:
+* Project page (GitHub ``tyfeld/BottleneckSampling.github.io``, re-read 2026-11-23): index.html gives three
+  stages (high-res for semantics, low-res for efficiency, high-res to restore detail), no algorithm detail.
+  Its method figure (static/images/method.png = method.pdf) draws one timeline 999 -> T1 | T2 -> T3 | T4
+  -> T0: stage 1 runs 999 -> T1, then "Stage Change" at T1, "Noise Re-introducing" T1 -> T2 and "Noise
+  Re-shifting" at T2; stage 2 runs T2 -> T3; stage 3 runs T4 -> T0, with T1 > T2 > T3 > T4 drawn in order.
+  At face value stages 1 and 2 stop at an intermediate level (T1, T3), not at 0 as here; the figure gives
+  no numbers for T1 / T3, so this is recorded, not implemented.
+* Secondary (the RALU paper, Region-Adaptive Latent Upsampling, a copy in the GitHub index; its
+  related work and appendix B.2): Bottleneck Sampling makes two resolution changes with Lanczos
+  resampling, "noise reintroduction, which resets the SNR at each resolution change" and per-stage
+  "scheduler re-shifting"; RALU ran it on FLUX with cumulative stage ends [4, 16, 21] steps (5x) and
+  [3, 11, 15] (7x), so a stage-step split is a free knob.
+* NOT verified: the official code and the paper's method section. Tried 2026-11-23 (issue 4): ``fetch``
+  github:tyfeld/Bottleneck-Sampling (no snapshot), ``find_files`` on it (no files), ``find_repos``
+  "bottleneck-sampling" / "tyfeld" (only the project page), ``find_string`` "Bottleneck-Sampling",
+  "bottleneck_sampling", "2503.18940" (link lists, citing papers, a third-party Pruna schedule
+  ``ResamplingSchedule(1.0, 0.1, scale, fraction)``), search of arxiv.org/html/2503.18940v2, sciencestack,
+  deep-diver reviews (excerpts end at the introduction). Hence the two open points stay our reading:
   (1) where a stage ends: here at the schedule's end (each stage a complete SDEdit-like pass; the paper's
-  tables fit it); (2) what "strength" means: here the fraction of the stage's re-shifted schedule, as in
-  diffusers' img2img pipelines (the FLUX reference code base). Other readings are not implemented.
+  tables fit it, the project figure suggests otherwise, see above); (2) what "strength" means: here the
+  fraction of the incoming schedule a stage covers (sliced, then re-shifted), as in diffusers' img2img
+  pipelines (the FLUX reference code base). Other readings are not implemented.
   The paper has no UNet / EPS setting: the EPS/V mapping above is ours, and the defaults were tuned on
   the built-in flow model only (shifts 1, 1, 1 keep an EPS model's own schedule in every stage).
 

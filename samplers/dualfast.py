@@ -15,12 +15,17 @@ What was verified, and where (2026-11):
 * Paper, abstract and introduction (arXiv HTML v1, stored copy): sampling error = discretization error +
   approximation error of the network; DualFast is training-free, costs no extra model call and plugs into
   DDIM, DPM-Solver, DPM-Solver++ and UniPC; gains are largest at very few steps.
-* NOT verified: the paper's section 4 / Algorithm 1 (the stored copies of the paper stop after the
-  introduction) and official code (none found: no DualFast repository in the GitHub index, no snapshot).
-  The mixing rule above, with ``tau > t`` and ``c`` growing toward low noise, is taken from a third-party
-  paper note (GitHub-indexed research notes, entry "dual-error compensation with previous high-noise score
-  mixing"); the sign, the reference step and the coefficient schedule were therefore measured on the
-  built-in model (``bench/bench_dualfast.py``) instead of copied.
+* NOT verified: the paper's section 4 / Algorithm 1 and official code. Re-checked 2026-11-23 (issue 4):
+  what the search tool returns of https://arxiv.org/html/2506.13058v1, arxivlens, themoonlight.io,
+  tomesphere (ICLR 2025 reviews) and arxiv.deeppaper.ai ends before the method; no v2 found; GitHub: no
+  repository named DualFast (``find_repos``), none under the first author's account ``yuhuUSTC`` (UTEmain,
+  FSDGN, FAR, Debias, DehazeDDPM, FRFT), ``yuhuUSTC/DualFast`` has no stored files; ``find_string``
+  "2506.13058" finds only abstract digests and one research note. That note (GitHub-indexed notes, paper_id
+  ``dualfast_2025``) is the only source of the rule: ``eps_new = (1 + c_t) eps(x_t, t) - c_t eps(x_tau, tau)``,
+  ``tau > t`` an already computed higher-noise step, ``c_t`` growing toward low noise, ``eps_new``
+  substituted into the base solver's first-order term, zero extra calls. It names no tau and no c values,
+  so the sign, the reference step and the coefficient schedule were measured on the built-in model
+  (``bench/bench_dualfast.py``) instead of copied; the default ``constant`` schedule departs from the note.
 
 Measured (built-in model, CFG 4, simple schedule, 4 prompts, PSNR against 100-step Heun; 2026-11-23):
 
