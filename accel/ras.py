@@ -217,8 +217,10 @@ class RASRunner:
         return out
 
 
-def ras_runner(parts: TransformerParts, cfg: RASConfig, x: torch.Tensor, options: dict) -> RASRunner | None:
-    """The runner for this call with its run state (created/reset as needed); None outside a sampling run."""
+def branch_state(patch: int, cfg: RASConfig, x: torch.Tensor, options: dict
+                 ) -> tuple[BranchState, int, int, int] | None:
+    """(state, step, tokens to drop, CFG chunks) of this call, the state created/reset as needed in
+    ``options["run_state"]``; None outside a sampling run."""
     sigmas, sample_sigmas, store = options.get("sigmas"), options.get("sample_sigmas"), options.get("run_state")
     if sigmas is None or sample_sigmas is None or store is None or len(sample_sigmas) < 2:
         return None
@@ -227,15 +229,20 @@ def ras_runner(parts: TransformerParts, cfg: RASConfig, x: torch.Tensor, options
     branches = list(options.get("cond_or_uncond") or [0])
     n_chunks = len(branches) if x.shape[0] % len(branches) == 0 else 1
     key = (WRAPPER_KEY, tuple(branches))
-    p = parts.patch_size
-    n_tokens = (x.shape[-2] // p) * (x.shape[-1] // p)
+    n_tokens = (x.shape[-2] // patch) * (x.shape[-1] // patch)
     n_drop = drop_count(cfg, step, len(schedule) - 1, n_tokens)
     state = store.get(key)
     if state is None or state.shape != tuple(x.shape) or step < state.step:
         drops = torch.zeros(x.shape[0] // n_chunks, n_tokens, device=x.device)
         filled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         state = store[key] = BranchState(shape=tuple(x.shape), drops=drops, filled=filled)
-    return RASRunner(parts, cfg, state, step, n_drop, n_chunks)
+    return state, step, n_drop, n_chunks
+
+
+def ras_runner(parts: TransformerParts, cfg: RASConfig, x: torch.Tensor, options: dict) -> RASRunner | None:
+    """The runner for this call with its run state (created/reset as needed); None outside a sampling run."""
+    found = branch_state(parts.patch_size, cfg, x, options)
+    return None if found is None else RASRunner(parts, cfg, *found)
 
 
 def ras_call(parts: TransformerParts, cfg: RASConfig, forward, x: torch.Tensor, timestep: torch.Tensor,

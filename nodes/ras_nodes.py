@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..accel import comfy_native_ras
 from ..accel.adapter import UnsupportedModel
 from ..accel.ras import WRAPPER_KEY, apply_ras, ras_call, ras_parts
 from ..accel.ras_select import METRICS, STARVATION_MODES, RASConfig
@@ -30,16 +31,22 @@ def transformer_options_of(args: tuple, kwargs: dict) -> dict:
 
 
 def comfy_patch_ras(model, **settings) -> tuple:
-    """ComfyUI: ModelPatcher -> clone with a DIFFUSION_MODEL wrapper (RAS) and an OUTER_SAMPLE one (state reset)."""
+    """ComfyUI: ModelPatcher -> clone with a DIFFUSION_MODEL wrapper (RAS) and an OUTER_SAMPLE one (state reset);
+    ComfyUI's own Flux / SD3 get block hooks instead (``accel.comfy_native_ras``)."""
     if not hasattr(model, "get_model_object"):
         raise NodeInputError(f"TurboSample RAS needs a ComfyUI MODEL, got {type(model).__name__}")
     try:
         cfg = RASConfig(**settings)
         dit = model.get_model_object("diffusion_model")
+        if comfy_native_ras.class_path(dit).startswith("comfy."):  # ComfyUI's own models: Flux, SD3 or refused
+            comfy_native_ras.check_supported(dit)
+            check_can_stack(model, WRAPPER_KEY)
+            return (comfy_native_ras.patch_model_patcher(model, cfg),)
         parts = ras_parts(dit)
         check_can_stack(model, WRAPPER_KEY)
     except (UnsupportedModel, ValueError) as exc:
-        raise NodeInputError(f"{exc} (TurboSample RAS supports the built-in model in ComfyUI)") from None
+        raise NodeInputError(f"{exc} (TurboSample RAS supports the built-in model in ComfyUI, also "
+                             f"{comfy_native_ras.supported_names()})") from None
     import comfy.patcher_extension as ext
 
     store: dict = {}
@@ -69,7 +76,8 @@ DEFAULTS = RASConfig()
 NODES: tuple[NodeSpec, ...] = (
     NodeSpec("TurboSampleRAS", "TurboSample RAS (region-adaptive sampling)", CATEGORY,
              "Region-Adaptive Sampling: at most steps only the most active image regions run through the "
-             "transformer; the rest reuse the previous step's prediction. Built-in model only.",
+             "transformer; the rest reuse the previous step's prediction. Built-in model; in ComfyUI also Flux "
+             "and SD3 (MMDiT).",
              (Param("model", "MODEL"),
               Param("sample_ratio", "FLOAT", DEFAULTS.sample_ratio, 0.05, 1.0, 0.05,
                     tooltip="Fraction of image tokens recomputed at a sparse step (1 = no acceleration)."),

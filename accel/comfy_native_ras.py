@@ -1,0 +1,275 @@
+"""RAS on ComfyUI's own Flux and SD3 (MMDiT) models through ComfyUI's hooks (no forward is rebuilt).
+
+* ``APPLY_MODEL`` wrapper: per call picks the step, dense or sparse mode and (``accel.ras_select``) the active image
+  tokens, shared by the CFG branches of an image. After the call, inactive pixels of a sparse call get the
+  previous call's model output (velocity / eps, as in ``accel.ras``): ComfyUI returns the denoised image, which is
+  affine in the model output (``model_sampling.calculate_denoised``), so the model output is recovered from it.
+* ``patches_replace["dit"]`` on every block: the first block keeps only the active image tokens (text tokens stay)
+  and every block gets RoPE (``pe``) cut to the kept tokens; the last block scatters its output into the previous
+  call's full stack output (``prev_tokens``), so the head sees the whole layout.
+* ``transformer_options["optimized_attention_override"]``: at dense calls every block attention's K/V is cached;
+  at sparse calls the active queries attend over all keys/values, the cache refreshed at the active positions
+  (``accel.kv_cache.cached_attention``). Attention calls are keyed by (block, call within the block), so SD3.5's
+  second (image-only) attention gets its own cache; leading text/context tokens are always active.
+* Calls with a ControlNet, an attention mask, reference-latent tokens (Flux Kontext) or a size not divisible by
+  the patch run plain (and the next sparse step runs dense first). Run state is fresh per run (``SAMPLER_SAMPLE``).
+
+Wan (video, 3-D tokens) and subclasses with work between blocks are refused (``UnsupportedModel``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .adapter import UnsupportedModel
+from .comfy_native import PLAIN_OPTION, block_keys, call_inner, class_path, existing_patches
+from .kv_cache import cached_attention, fill_cache, gather_tokens, scatter_tokens
+from .ras import WRAPPER_KEY, branch_state, stack_index
+from .ras_select import RASConfig, select_tokens
+from .stacking import check_one_sigma
+
+SUPPORTED = {
+    "comfy.ldm.flux.model.Flux": "ComfyUI Flux",
+    "comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper": "ComfyUI SD3 (MMDiT)",
+}
+RUN_OPTION = "turbosample_ras_run"
+CALL_KEY = "ras_call"
+OVERRIDE = "optimized_attention_override"
+
+
+class RunState:
+    """Per-run holder (not a dict: ComfyUI copies nested dicts of the transformer options per call)."""
+
+    def __init__(self) -> None:
+        self.data: dict = {}
+
+
+def supported_names() -> str:
+    return ", ".join(SUPPORTED.values())
+
+
+def check_supported(diffusion_model: object) -> None:
+    """UnsupportedModel unless RAS can patch ``diffusion_model`` through ComfyUI's block hooks."""
+    path = class_path(diffusion_model)
+    if path in SUPPORTED:
+        return
+    why = ("its 3-D video token grid is not handled (token choice and pixel merge are 2-D)"
+           if path.startswith("comfy.ldm.wan.") else "no block hooks for it are implemented")
+    raise UnsupportedModel(f"RAS cannot run ComfyUI's {type(diffusion_model).__name__}: {why}")
+
+
+def patch_size(diffusion_model: torch.nn.Module) -> int:
+    if class_path(diffusion_model) == "comfy.ldm.flux.model.Flux":
+        return int(diffusion_model.patch_size)
+    return int(diffusion_model.x_embedder.patch_size[0])
+
+
+def run_data(transformer_options: dict | None) -> dict | None:
+    run = (transformer_options or {}).get(RUN_OPTION)
+    return run.data if run is not None else None
+
+
+def current_call(transformer_options: dict | None) -> dict | None:
+    store = run_data(transformer_options)
+    return None if store is None else store.get(CALL_KEY)
+
+
+def sampler_sample_wrapper(executor, guider, sigmas, extra_args, *args, **kwargs):
+    """A fresh run state for every sampling run, dropped when it ends or fails."""
+    options = extra_args.setdefault("model_options", {}).setdefault("transformer_options", {})
+    options[RUN_OPTION] = RunState()
+    try:
+        return executor(guider, sigmas, extra_args, *args, **kwargs)
+    finally:
+        options.pop(RUN_OPTION, None)
+
+
+def begin_call(cfg: RASConfig, patch: int, x: torch.Tensor, options: dict, store: dict) -> dict | None:
+    """The plan of one model call (mode dense / sparse / plain), or None outside a sampling run."""
+    if x.ndim != 4:
+        return None
+    found = branch_state(patch, cfg, x, {**options, "run_state": store})
+    if found is None:
+        return None
+    state, step, n_drop, n_chunks = found
+    call = {"state": state, "step": step, "n_img": state.drops.shape[1], "mode": "dense", "block": None}
+    if x.shape[-2] % patch or x.shape[-1] % patch or options.get(PLAIN_OPTION):
+        call["mode"] = "plain"
+    elif (n_drop > 0 and state.prev_out is not None and state.prev_tokens is not None and bool(state.filled.all())
+          and state.caches):
+        if state.active is None or state.selected != step:
+            state.active = select_tokens(state.prev_out, patch, state.drops, n_drop, n_chunks, cfg)
+            state.selected = step
+        call["mode"] = "sparse"
+    if call["mode"] == "dense":
+        state.caches = {}
+    return call
+
+
+def active_pixels(active: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
+    """(B, K) active token indices -> (B, 1, H, W) bool mask of their pixels."""
+    mask = torch.zeros(active.shape[0], grid[0] * grid[1], dtype=torch.bool, device=active.device)
+    mask = mask.scatter_(1, active, True).reshape(-1, 1, *grid)
+    return mask.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3)
+
+
+def finish_call(call: dict, denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, model_sampling,
+                patch: int) -> torch.Tensor:
+    """Inactive pixels of a sparse call from the previous model output; records this call's model output."""
+    state = call["state"]
+    d0 = model_sampling.calculate_denoised(sigma, torch.zeros_like(denoised), x).to(denoised)
+    slope = model_sampling.calculate_denoised(sigma, torch.ones_like(denoised), x).to(denoised) - d0
+    state.step = call["step"]
+    if bool((slope == 0).any()):  # sigma 0: the model output cannot be recovered; start over densely
+        state.filled.zero_()
+        state.prev_out = None
+        return denoised
+    output = (denoised - d0) / slope
+    if call["mode"] == "sparse":
+        grid = (x.shape[-2] // patch, x.shape[-1] // patch)
+        mask = active_pixels(state.active, grid, patch)
+        output = torch.where(mask, output, state.prev_out.to(output))
+        denoised = torch.where(mask, denoised, d0 + slope * output)
+    elif call["mode"] == "dense" and call["complete"]:
+        state.filled.fill_(True)
+    else:  # plain, or a dense call whose caches were not all filled
+        state.filled.zero_()
+    state.prev_out = output.detach()
+    return denoised
+
+
+def gather_dim(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``t`` (batch 1 or B) at positions ``index`` (B, K) of dimension ``dim``."""
+    t = t.expand(index.shape[0], *t.shape[1:])
+    shape = [index.shape[0]] + [1] * (t.ndim - 1)
+    shape[dim] = index.shape[1]
+    full = list(t.shape)
+    full[dim] = index.shape[1]
+    return t.gather(dim, index.reshape(shape).expand(full))
+
+
+def start_sparse(call: dict, args: dict) -> dict:
+    """First block of a sparse call: keep the text and active image tokens; cut RoPE to them."""
+    active = call["state"].active.to(args["img"].device)
+    txt = args.get("txt")
+    n_txt = txt.shape[1] if torch.is_tensor(txt) else 0
+    call["img_index"] = active
+    if torch.is_tensor(args.get("pe")):
+        call["pe"] = gather_dim(args["pe"], 2, stack_index(active, n_txt + call["n_img"], call["n_img"]))
+    return {**args, "img": gather_tokens(args["img"], active)}
+
+
+def block_patches(model: torch.nn.Module, cfg: RASConfig, existing: dict | None = None) -> dict:
+    """``{key: patch}`` for every block of ``model``'s stack, running RAS's token dropping."""
+    keys = block_keys(model)
+    existing = existing or {}
+    first, last = keys[0], keys[-1]
+
+    def make(j: int, key: tuple) -> Callable:
+        inner = existing.get(key)
+
+        def patch(args: dict, extra: dict) -> dict:
+            call = current_call(args.get("transformer_options"))
+            if call is None or call["mode"] == "plain":
+                return call_inner(inner, args, extra)
+            if key == first and (args["img"].shape[1] != call["n_img"] or args.get("attn_mask") is not None):
+                call["mode"] = "plain"  # extra tokens (reference latents) or a mask: run as usual
+                return call_inner(inner, args, extra)
+            call["block"], call["attention"] = j, 0
+            if call["mode"] == "sparse":
+                if key == first:
+                    args = start_sparse(call, args)
+                if "pe" in call:
+                    args = {**args, "pe": call["pe"]}
+            out = call_inner(inner, args, extra)
+            call["block"] = None
+            if key == last:
+                state = call["state"]
+                if call["mode"] == "sparse":
+                    prev = state.prev_tokens
+                    index = stack_index(call["img_index"], prev.shape[1], call["n_img"])
+                    out = {**out, "img": scatter_tokens(prev.to(out["img"]), index, out["img"])}
+                state.prev_tokens = out["img"].detach()
+                call["complete"] = call["mode"] == "dense" and {b for b, _ in state.caches} == set(range(len(keys)))
+            return out
+
+        patch.turbosample_inner = inner
+        return patch
+
+    return {key: make(j, key) for j, key in enumerate(keys)}
+
+
+def attention_override(previous: Callable | None) -> Callable:
+    """``optimized_attention_override``: K/V caching at dense calls, cached attention at sparse ones."""
+
+    def override(func, *args, **kwargs):
+        def attend(*a, **k):
+            return previous(func, *a, **k) if previous is not None else func(*a, **k)
+
+        call = current_call(kwargs.get("transformer_options"))
+        if call is None or call["mode"] == "plain" or call["block"] is None or kwargs.get("mask") is not None:
+            return attend(*args, **kwargs)
+        q, k, v, *rest = args
+        heads = rest[0] if rest else kwargs["heads"]
+        if not kwargs.get("skip_reshape", False):  # (B, L, heads * dim) -> (B, heads, L, dim)
+            q, k, v = (t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+        kw = {**kwargs, "skip_reshape": True}
+        key = (call["block"], call["attention"])
+        call["attention"] += 1
+        state = call["state"]
+        if call["mode"] == "dense":
+            state.caches[key] = fill_cache(k, v)
+            return attend(q, k, v, *rest, **kw)
+        active = call["img_index"]
+        index = stack_index(active, q.shape[2] - active.shape[1] + call["n_img"], call["n_img"])
+        return cached_attention(q, k, v, state.caches[key], index, lambda q, k, v: attend(q, k, v, *rest, **kw))
+
+    override.turbosample_previous = previous
+    return override
+
+
+def apply_model_wrapper(cfg: RASConfig, patch: int) -> Callable:
+    def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
+        options = transformer_options if transformer_options is not None else {}
+        store = run_data(options)
+
+        def plain():
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+        if store is None or control is not None:  # ControlNet residuals are added to full-size block outputs
+            return plain()
+        check_one_sigma(options, "RAS")
+        call = begin_call(cfg, patch, x, options, store)
+        if call is None:
+            return plain()
+        call["complete"] = False
+        store[CALL_KEY] = call
+        try:
+            denoised = plain()
+        finally:
+            store.pop(CALL_KEY, None)
+        return finish_call(call, denoised, x, t, executor.class_obj.model_sampling, patch)
+
+    return wrapper
+
+
+def patch_model_patcher(model, cfg: RASConfig):
+    """A clone of a ComfyUI ModelPatcher holding Flux / SD3 running RAS; the original stays untouched."""
+    import comfy.patcher_extension as pe
+
+    diffusion_model = model.get_model_object("diffusion_model")
+    check_supported(diffusion_model)
+    patched = model.clone()
+    patches = block_patches(diffusion_model, cfg, existing_patches(patched.model_options))
+    for (block, i), p in patches.items():
+        patched.set_model_patch_replace(p, "dit", block, i)
+    options = patched.model_options.setdefault("transformer_options", {})
+    previous = options.get(OVERRIDE)
+    options[OVERRIDE] = attention_override(getattr(previous, "turbosample_previous", previous))
+    for kind, wrapper in ((pe.WrappersMP.SAMPLER_SAMPLE, sampler_sample_wrapper),
+                          (pe.WrappersMP.APPLY_MODEL, apply_model_wrapper(cfg, patch_size(diffusion_model)))):
+        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
+        patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
+    return patched

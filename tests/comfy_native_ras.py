@@ -1,0 +1,169 @@
+"""Run under ComfyUI's Python (cwd = ComfyUI checkout): RAS on tiny random-weight ComfyUI Flux and SD3 (MMDiT)
+models through the TurboSampleRAS node, sampled by ComfyUI's CFGGuider + KSAMPLER (euler, CFG 3). Prints one JSON
+object of measurements; tests/test_comfyui_ras_native.py asserts on them.
+
+The sampler callback gives each step's CFG-combined denoised image; both models are flow models, so the combined
+model output (velocity) is ``(x - x0) / sigma``. Block pre-hooks record how many image tokens enter the stack.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(sys.argv[1]) / "tests"))
+import comfy_native_magcache as tiny  # noqa: E402  (loads the pack, puts ComfyUI on CPU, imports comfy.samplers)
+
+from turbosample.accel import comfy_native_ras as native  # noqa: E402
+from turbosample.accel.magcache import MagCacheSettings  # noqa: E402
+from turbosample.accel.ras import BranchState  # noqa: E402
+from turbosample.nodes import comfy_magcache  # noqa: E402
+from turbosample.nodes.ras_nodes import comfy_patch_ras  # noqa: E402
+from turbosample.nodes.spec import NodeInputError  # noqa: E402
+
+torch.set_num_threads(1)
+STEPS = 6
+SHAPE = (1, 16, 16, 16)  # 8 x 8 = 64 image tokens at patch 2
+TOKENS = 64
+
+
+def sample(patcher, kind: str, cfg: float = 3.0, seed: int = 0) -> tuple[torch.Tensor, list, list]:
+    """(denoised latent, per-step model outputs (B, C, H, W), image tokens entering the first block per call)."""
+    dm = patcher.get_model_object("diffusion_model")
+    first = dm.double_blocks[0] if kind == "flux" else dm.joint_blocks[0]
+    counts: list[int] = []
+
+    def on_block(_m, args, kwargs):
+        img = kwargs["img"] if kind == "flux" else args[1]
+        counts.append(int(img.shape[1]))
+
+    hook = first.register_forward_pre_hook(on_block, with_kwargs=True)
+    positive, negative = tiny.conds(kind)
+    guider = tiny.comfy.samplers.CFGGuider(patcher)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    sigmas = tiny.comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "simple", STEPS)
+    outputs: list[torch.Tensor] = []
+
+    def callback(i, x0, x, _total):
+        outputs.append((x - x0) / float(sigmas[i]))
+
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed))
+    try:
+        out = guider.sample(noise, torch.zeros(SHAPE), tiny.comfy.samplers.sampler_object("euler"), sigmas,
+                            callback=callback, seed=seed, disable_pbar=True)
+    finally:
+        hook.remove()
+    return out, outputs, counts
+
+
+def changed_tokens(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, N) tokens (2x2 pixel patches) whose output differs by more than float rounding."""
+    diff = (a - b).abs().amax(1, keepdim=True)
+    return (torch.nn.functional.max_pool2d(diff, 2) > 1e-4).flatten(1)
+
+
+def measure(kind: str) -> dict:
+    res: dict = {}
+    base = tiny.tiny_patcher(kind)
+    before = tiny.snapshot(base)
+    plain, plain_out, plain_counts = sample(base, kind)
+    res["plain_finite"] = bool(torch.isfinite(plain).all())
+    res["plain_counts"] = plain_counts
+
+    (dense,) = comfy_patch_ras(base, sample_ratio=1.0, warmup_steps=1)
+    out1, _, counts1 = sample(dense, kind)
+    res["ratio1_max_abs_diff"] = float((out1 - plain).abs().max())
+    res["ratio1_counts"] = counts1
+
+    (ras,) = comfy_patch_ras(base, sample_ratio=0.5, warmup_steps=2, dense_every=0)
+    out2, outs2, counts2 = sample(ras, kind)
+    res["sparse_counts"] = counts2
+    res["sparse_finite"] = bool(torch.isfinite(out2).all())
+    res["sparse_rel_err"] = float((out2 - plain).norm() / plain.norm())
+    res["sparse_differs"] = bool((out2 - plain).abs().max() > 1e-4)
+    # warm-up steps equal the plain run; each sparse step changes exactly the active tokens of the last output
+    res["warmup_max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(outs2[:2], plain_out[:2],
+                                                                                  strict=True))
+    res["sparse_changed_tokens"] = [int(changed_tokens(outs2[s], outs2[s - 1]).sum()) for s in range(2, STEPS)]
+    res["plain_changed_tokens"] = [int(changed_tokens(plain_out[s], plain_out[s - 1]).sum())
+                                   for s in range(2, STEPS)]
+    again, _, _ = sample(ras, kind)
+    res["rerun_max_abs_diff"] = float((again - out2).abs().max())
+
+    # RAS and MagCache both own the block stack: refused in either order, nothing patched
+    try:
+        comfy_magcache.patch_model_patcher(ras, MagCacheSettings({0: (1.0,) * STEPS}))
+        res["magcache_on_ras"] = ""
+    except ValueError as exc:
+        res["magcache_on_ras"] = str(exc)
+    mag = comfy_magcache.patch_model_patcher(base, MagCacheSettings({0: (1.0,) * STEPS}))
+    try:
+        comfy_patch_ras(mag)
+        res["ras_on_magcache"] = ""
+    except NodeInputError as exc:
+        res["ras_on_magcache"] = str(exc)
+
+    res["original_untouched"] = tiny.snapshot(base) == before
+    plain2, _, _ = sample(base, kind)
+    res["original_rerun_max_abs_diff"] = float((plain2 - plain).abs().max())
+    return res
+
+
+def direct(kind: str) -> dict:
+    """One diffusion-model call with the RAS hooks and a hand-made call plan: a sparse call over the K/V caches of a
+    dense call at the same input must give the dense output (inactive tokens' cached K/V are then exact), for a
+    random half of the tokens per batch row and for all tokens in shuffled order (checks RoPE slicing)."""
+    base = tiny.tiny_patcher(kind)
+    (ras,) = comfy_patch_ras(base, sample_ratio=0.5)
+    dm = base.get_model_object("diffusion_model")
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(2, *SHAPE[1:], generator=g), torch.full((2,), 0.7)
+    context, y = torch.randn(2, 6, tiny.CTX, generator=g), torch.randn(2, tiny.POOLED, generator=g)
+    with torch.no_grad():
+        plain = dm(x, t, context, y=y)
+        options = dict(ras.model_options["transformer_options"])
+        run = options[native.RUN_OPTION] = native.RunState()
+        state = BranchState(shape=tuple(x.shape), drops=torch.zeros(2, TOKENS), filled=torch.zeros(2, dtype=bool))
+
+        def call(mode: str) -> torch.Tensor:
+            run.data[native.CALL_KEY] = {"state": state, "step": 0, "n_img": TOKENS, "mode": mode, "block": None,
+                                         "complete": False}
+            return dm(x, t, context, y=y, transformer_options=options)
+
+        state.caches = {}
+        dense = call("dense")
+        res = {"dense_vs_plain": float((dense - plain).abs().max()), "n_caches": len(state.caches)}
+        state.active = torch.stack([torch.randperm(TOKENS, generator=g)[:TOKENS // 2].sort().values
+                                    for _ in range(2)])
+        half = call("sparse")
+        res["half_vs_dense"] = float((half - dense).abs().max())
+        for _k, v in state.caches.values():  # stale values of the inactive tokens must show in the active ones
+            v.mul_(0.5)
+        stale = call("sparse")
+        res["stale_vs_dense"] = float((stale - dense).abs().max())
+        pixels = native.active_pixels(state.active, (SHAPE[2] // 2, SHAPE[3] // 2), 2).expand_as(stale)
+        res["stale_inactive_vs_dense"] = float((stale - dense)[~pixels].abs().max())
+        state.active = torch.stack([torch.randperm(TOKENS, generator=g) for _ in range(2)])
+        res["shuffled_vs_dense"] = float((call("sparse") - dense).abs().max())
+        res["dense_abs_max"] = float(dense.abs().max())
+    return res
+
+
+def unsupported() -> dict:
+    base = tiny.tiny_patcher("wan")
+    before = tiny.snapshot(base)
+    try:
+        comfy_patch_ras(base)
+        message = ""
+    except NodeInputError as exc:
+        message = str(exc)
+    return {"message": message, "untouched": tiny.snapshot(base) == before}
+
+
+if __name__ == "__main__":
+    kinds = sys.argv[2:] or ["flux", "sd3"]
+    result = {kind: {**measure(kind), "direct": direct(kind)} for kind in kinds}
+    result["unsupported"] = unsupported()
+    print(json.dumps(result))

@@ -1,0 +1,109 @@
+"""RAS on ComfyUI's own Flux and SD3 (MMDiT) through block patches and the attention override
+(accel/comfy_native_ras.py).
+
+The ComfyUI part runs tests/comfy_native_ras.py under ComfyUI's Python (COMFYUI_DIR / COMFYUI_PYTHON; skipped
+without them) on tiny random-weight models sampled by ComfyUI's CFGGuider + KSAMPLER (euler, 6 steps, 64 image
+tokens). The rest checks the helpers without ComfyUI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from turbosample.accel import comfy_native_ras as native
+from turbosample.accel.adapter import UnsupportedModel
+
+ROOT = Path(__file__).resolve().parent.parent
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+needs_comfy = pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "comfy").is_dir(),
+                                 reason="COMFYUI_DIR is not set to a ComfyUI checkout")
+KINDS = ("flux", "sd3")
+TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def comfy_results() -> dict:
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    out = subprocess.run([python, str(ROOT / "tests" / "comfy_native_ras.py"), str(ROOT)], cwd=COMFYUI_DIR,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@needs_comfy
+@pytest.mark.parametrize("kind", KINDS)
+def test_ratio_one_equals_unpatched_exactly(comfy_results, kind):
+    r = comfy_results[kind]
+    assert r["plain_finite"] and r["plain_counts"] == [TOKENS] * 6  # cond+uncond in one call per step
+    assert r["ratio1_max_abs_diff"] == 0.0  # every block and attention runs with the same arguments
+    assert r["ratio1_counts"] == [TOKENS] * 6
+
+
+@needs_comfy
+@pytest.mark.parametrize("kind", KINDS)
+def test_sparse_steps_run_half_the_image_tokens_and_change_only_them(comfy_results, kind):
+    r = comfy_results[kind]
+    assert r["sparse_counts"] == [TOKENS] * 2 + [TOKENS // 2] * 4  # warm-up 2, then ratio 0.5
+    assert r["warmup_max_abs_diff"] == 0.0
+    # the CFG-combined model output of a sparse step differs from the step before at exactly the active tokens
+    assert r["sparse_changed_tokens"] == [TOKENS // 2] * 4
+    assert r["plain_changed_tokens"] == [TOKENS] * 4  # without RAS every token changes
+    assert r["sparse_finite"] and r["sparse_differs"] and r["sparse_rel_err"] < 0.6  # random weights
+    assert r["rerun_max_abs_diff"] == 0.0  # per-run state is fresh: a second run is identical
+
+
+@needs_comfy
+@pytest.mark.parametrize("kind", KINDS)
+def test_sparse_call_over_exact_caches_equals_the_dense_call(comfy_results, kind):
+    d = comfy_results[kind]["direct"]
+    assert d["dense_vs_plain"] == 0.0  # caching K/V changes nothing
+    assert d["n_caches"] == (4 if kind == "flux" else 2)  # one attention per block
+    tol = 1e-5 * d["dense_abs_max"]
+    assert d["half_vs_dense"] <= tol  # a random half per batch row over caches of the same input
+    assert d["shuffled_vs_dense"] <= tol  # all tokens in shuffled order: RoPE follows the kept tokens
+    assert d["stale_vs_dense"] > 1e-2  # stale inactive K/V do reach the active queries ...
+    assert d["stale_inactive_vs_dense"] == 0.0  # ... and inactive tokens keep the previous stack output
+
+
+@needs_comfy
+@pytest.mark.parametrize("kind", KINDS)
+def test_original_untouched_and_magcache_pairing_refused(comfy_results, kind):
+    r = comfy_results[kind]
+    assert r["original_untouched"] and r["original_rerun_max_abs_diff"] == 0.0
+    assert "MagCache cannot be stacked with RAS" in r["magcache_on_ras"]
+    assert "RAS cannot be stacked with MagCache" in r["ras_on_magcache"]
+
+
+@needs_comfy
+def test_wan_is_refused_with_a_reason(comfy_results):
+    u = comfy_results["unsupported"]
+    assert "WanModel" in u["message"] and "video" in u["message"] and "Flux" in u["message"]
+    assert u["untouched"]
+
+
+def test_unknown_class_is_refused_by_name():
+    with pytest.raises(UnsupportedModel, match="Linear"):
+        native.check_supported(torch.nn.Linear(2, 2))
+
+
+def test_active_pixels_marks_the_patches_of_active_tokens():
+    mask = native.active_pixels(torch.tensor([[0, 3]]), (2, 2), 2)
+    want = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    want[..., :2, :2] = want[..., 2:, 2:] = True
+    assert torch.equal(mask, want)
+
+
+def test_gather_dim_follows_each_rows_index_and_broadcasts_batch_one():
+    pe = torch.arange(2 * 5 * 3.0).reshape(1, 1, 10, 3)  # a batch-1 RoPE table over 10 positions
+    index = torch.tensor([[0, 4, 9], [9, 1, 2]])
+    out = native.gather_dim(pe, 2, index)
+    assert out.shape == (2, 1, 3, 3)
+    for b in range(2):
+        assert torch.equal(out[b, 0], pe[0, 0, index[b]])
