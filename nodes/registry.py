@@ -11,12 +11,14 @@ from .flowturbo_nodes import NODES as FLOWTURBO_NODES
 from .gap_sampler_nodes import NODES as GAP_SAMPLER_NODES
 from .gits_nodes import NODES as GITS_NODES
 from .loop_accel_nodes import NODES as LOOP_ACCEL_NODES
+from .magcache_model_calibrate import NODES as MAGCACHE_MODEL_CALIBRATE_NODES
 from .magcache_nodes import NODES as MAGCACHE_NODES
 from .ras_nodes import NODES as RAS_NODES
 from .schedule_plot import NODES as PLOT_NODES
 from .spec import NodeSpec
 
-NODES: tuple[NodeSpec, ...] = (BUILTIN_NODES + RAS_NODES + MAGCACHE_NODES + LOOP_ACCEL_NODES + PLOT_NODES
+NODES: tuple[NodeSpec, ...] = (BUILTIN_NODES + RAS_NODES + MAGCACHE_NODES + MAGCACHE_MODEL_CALIBRATE_NODES
+                              + LOOP_ACCEL_NODES + PLOT_NODES
                               + ATTENTION_NODES + FLOWTURBO_NODES + FLOW_SHIFT_NODES
                               + GAP_SAMPLER_NODES + GITS_NODES + AYS_NODES + DC_SOLVER_NODES)
 NODE_BY_ID: dict[str, NodeSpec] = {n.node_id: n for n in NODES}

@@ -8,7 +8,9 @@ and every block call with its batch size.
 """
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -30,8 +32,15 @@ import comfy.supported_models as sm  # noqa: E402
 from turbosample.accel.adapter import UnsupportedModel  # noqa: E402
 from turbosample.accel.comfy_native import records_to_ratios  # noqa: E402
 from turbosample.accel.magcache import MagCacheSettings, step_index  # noqa: E402
-from turbosample.accel.magcache_calibration import Calibration, ratio_stats, run_settings  # noqa: E402
+from turbosample.accel.magcache_calibration import (  # noqa: E402
+    Calibration,
+    load_calibration,
+    ratio_stats,
+    run_settings,
+    weights_fingerprint,
+)
 from turbosample.nodes import comfy_magcache  # noqa: E402
+from turbosample.nodes.magcache_model_calibrate import comfy_calibrate_model  # noqa: E402
 from turbosample.nodes.magcache_nodes import comfy_apply_magcache  # noqa: E402
 
 torch.set_num_threads(1)
@@ -222,6 +231,21 @@ def measure(kind: str) -> dict:
     out3, calls3, _ = sample(comfy_magcache.patch_native(base, template, curve_for), kind)
     res["calibrated_block_calls"] = sum(len(c["blocks"]) for c in calls3)
     res["calibrated_rel_err"] = rel(out3, plain)
+
+    # the calibrate node on this MODEL (ComfyUI path): same run -> same ratios; the file applies to these weights
+    os.environ["TURBOSAMPLE_MAGCACHE_DIR"] = tempfile.mkdtemp()
+    positive, negative = conds(kind)
+    (path,) = comfy_calibrate_model(base, positive, negative, {"samples": torch.zeros(CONFIGS[kind][2])},
+                                    comfy.samplers.sampler_object("euler"), sigmas, 0, 3.0, f"node-{kind}")
+    node_cal = load_calibration(path)
+    res["node_cal_ratio_max_diff"] = max(abs(a - b) for br in ratios for a, b in zip(
+        ratios[br], node_cal.ratios[br], strict=True))
+    res["node_cal_fingerprint_ok"] = node_cal.fingerprint == weights_fingerprint(
+        base.get_model_object("diffusion_model"))
+    (from_file,) = comfy_apply_magcache(base, path, 0.3, 2, 0.2, "off")
+    out6, calls6, _ = sample(from_file, kind)
+    res["node_cal_block_calls"] = sum(len(c["blocks"]) for c in calls6)
+    res["node_cal_finite"] = bool(torch.isfinite(out6).all())
 
     # the node function, with a published curve resampled to this run's steps
     (node_model,) = comfy_apply_magcache(base, "flux" if kind == "flux" else "wan2.1_t2v_1.3B", 0.5, 2, 0.2,

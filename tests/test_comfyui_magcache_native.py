@@ -76,6 +76,9 @@ def test_calibration_through_block_patches(comfy_results, kind):
     assert r["cal_branches"] == [0, 1]
     assert r["cal_ratio_max_diff_vs_hooks"] < 1e-5  # ratios match residuals measured independently by hooks
     assert r["calibrated_block_calls"] < r["plain_block_calls"] and r["calibrated_rel_err"] < 0.5
+    # the calibrate node (ComfyUI path) records the same ratios, tied to these weights, and its file applies
+    assert r["node_cal_ratio_max_diff"] < 1e-6 and r["node_cal_fingerprint_ok"]
+    assert r["node_cal_finite"] and r["node_cal_block_calls"] < r["plain_block_calls"]
 
 
 @needs_comfy

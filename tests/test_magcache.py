@@ -421,3 +421,25 @@ def test_comfyui_magcache_node_matches_standalone_and_leaves_the_model_untouched
                            os.environ["COMFYUI_DIR"]], cwd=os.environ["COMFYUI_DIR"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "MAGCACHE-COMFY-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_model_calibrate_node_records_the_same_curves_and_its_file_patches_that_model(setup, tmp_path, monkeypatch):
+    from turbosample.nodes.registry import NODE_BY_ID
+    from turbosample.nodes.spec import NodeInputError
+
+    monkeypatch.setenv("TURBOSAMPLE_MAGCACHE_DIR", str(tmp_path))
+    model, pos, neg, latent, sigmas = setup
+    node = NODE_BY_ID["TurboSampleMagCacheCalibrateModel"]
+    args = dict(positive=pos, negative=neg, latent_image={"samples": latent}, sampler=get_sampler("euler"),
+                sigmas=sigmas, seed=3, cfg=4.0, filename="")
+    (path,) = node.run(model=model, **args)
+    direct = calibrate(model, pos, neg, latent, get_sampler("euler"), sigmas, 3, 4.0)
+    saved = load_calibration(path)
+    assert saved.ratios == direct.ratios and saved.fingerprint == weights_fingerprint(model.diffusion_model)
+    (patched_model,) = NODE_BY_ID["TurboSampleMagCache"].run(model=model, calibration=path, threshold=0.0,
+                                                             max_skip_steps=2, retention_ratio=0.2, resample="off")
+    torch.testing.assert_close(run(patched_model, setup), run(model, setup), rtol=0, atol=0)
+    with pytest.raises(NodeInputError, match="at least one step"):
+        node.run(model=model, **{**args, "sigmas": sigmas[:1]})
+    with pytest.raises(NodeInputError, match="built-in model"):
+        node.run(model=object(), **args)

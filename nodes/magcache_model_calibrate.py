@@ -1,0 +1,91 @@
+"""MagCache calibration of any supported MODEL from a graph: conditioning, latent, SAMPLER and SIGMAS as inputs.
+
+The built-in calibrate node takes prompt text; this one takes what ComfyUI's SamplerCustomAdvanced takes, so it
+calibrates ComfyUI's own Flux / SD3 (MMDiT) / Wan models (through the block patches of ``accel.comfy_native``)
+as well as the built-in model, standalone or in ComfyUI.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..accel.magcache_calibration import Calibration, calibrate, save_calibration, weights_fingerprint
+from .builtin_nodes import CATEGORY, SEED
+from .magcache_nodes import calibration_dir
+from .spec import NodeInputError, NodeSpec, Output, Param
+
+
+def calibration_path(name: str, default: str):
+    name = name.strip() or default
+    if not re.fullmatch(r"[\w.\-]+", name):
+        raise NodeInputError(f"filename {name!r} may only use letters, digits, '_', '-' and '.'")
+    return calibration_dir() / (name if name.endswith(".json") else name + ".json")
+
+
+def check_sigmas_input(sigmas: torch.Tensor) -> int:
+    steps = int(sigmas.numel()) - 1
+    if steps < 1:
+        raise NodeInputError("MagCache calibration needs SIGMAS with at least one step")
+    return steps
+
+
+def calibrate_model(model, positive, negative, latent_image, sampler, sigmas, seed: int, cfg: float,
+                    filename: str) -> tuple:
+    """Standalone: one full run of our DiffusionModel recording the ratio curves; returns the JSON path."""
+    from ..samplers.denoiser import DiffusionModel
+
+    if not isinstance(model, DiffusionModel):
+        raise NodeInputError("TurboSample MagCache Calibrate (model) outside ComfyUI takes the built-in model")
+    steps = check_sigmas_input(sigmas)
+    latent = torch.zeros_like(latent_image["samples"])
+    cal = calibrate(model, positive, negative, latent, sampler, sigmas.float(), seed, cfg,
+                    {"shape": list(latent.shape)})
+    return (str(save_calibration(cal, calibration_path(filename, f"{cal.model_id}_{steps}steps"))),)
+
+
+def comfy_calibrate_model(model, positive, negative, latent_image, sampler, sigmas, seed: int, cfg: float,
+                          filename: str) -> tuple:
+    """ComfyUI: the run goes through ComfyUI's own CFG guider with recording block patches (nothing skipped)."""
+    import comfy.sample
+    import comfy.samplers
+
+    from ..accel.adapter import UnsupportedModel
+    from ..accel.comfy_native import records_to_ratios
+    from .comfy_magcache import recording_clone
+
+    steps = check_sigmas_input(sigmas)
+    records: dict = {}
+    try:
+        patched = recording_clone(model, records)
+    except UnsupportedModel as exc:
+        raise NodeInputError(f"{exc} (the built-in model calibrates with TurboSample MagCache Calibrate)") from None
+    latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+    guider = comfy.samplers.CFGGuider(patched)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    guider.sample(comfy.sample.prepare_noise(latent, seed), latent, sampler, sigmas, seed=seed)
+    ratios, extra = records_to_ratios(records, steps)
+    diffusion_model = model.get_model_object("diffusion_model")
+    model_id = type(diffusion_model).__name__
+    cal = Calibration(model_id=model_id, steps=steps, ratios=ratios, fingerprint=weights_fingerprint(diffusion_model),
+                      sigmas=tuple(float(s) for s in sigmas.float().cpu()),
+                      meta={"seed": seed, "cfg": cfg, "shape": list(latent.shape), **extra})
+    return (str(save_calibration(cal, calibration_path(filename, f"{model_id}_{steps}steps"))),)
+
+
+NODES: tuple[NodeSpec, ...] = (
+    NodeSpec("TurboSampleMagCacheCalibrateModel", "TurboSample MagCache Calibrate (model)", CATEGORY,
+             "One full sampling run of the connected MODEL (ComfyUI's Flux, SD3/MMDiT, Wan, or the built-in model) "
+             "that records MagCache's per-step magnitude ratios per CFG branch; nothing is skipped. Writes JSON "
+             "tied to these weights, steps and sigmas; returns its path for TurboSample MagCache.",
+             (Param("model", "MODEL"), Param("positive", "CONDITIONING"), Param("negative", "CONDITIONING"),
+              Param("latent_image", "LATENT", tooltip="Size of the calibration run (its content is not used)."),
+              Param("sampler", "SAMPLER", tooltip="Sampler of the calibration run; euler evaluates each sigma once."),
+              Param("sigmas", "SIGMAS", tooltip="The schedule MagCache will later run on."),
+              SEED, Param("cfg", "FLOAT", 4.0, 0.0, 30.0, 0.1, tooltip="Guidance scale of the calibration run."),
+              Param("filename", "STRING", "", tooltip="File name in the calibration folder; empty = model name "
+                                                      "and step count.")),
+             (Output("calibration", "STRING"),), calibrate_model, comfy_fn=comfy_calibrate_model, output_node=True),
+)
