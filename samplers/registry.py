@@ -150,3 +150,11 @@ from . import dc_solver  # noqa: E402
 
 SAMPLERS["dc_solver"] = SamplerInfo("dc_solver", dc_solver.sample_dc_solver, 1,
                                     "DC-Solver: UniPC with calibrated dynamic compensation (all ratios 1 = UniPC)")
+
+# DPM-Solver-v3 (samplers/dpm_solver_v3.py): without statistics l = 1, s = 0, b = 0 (exact-phi data-prediction
+# multistep + corrector); the TurboSampleDPMSolverV3Sampler node loads statistics of the model (samplers/ems.py)
+from . import dpm_solver_v3  # noqa: E402
+
+SAMPLERS["dpm_solver_v3"] = SamplerInfo(
+    "dpm_solver_v3", dpm_solver_v3.sample_dpm_solver_v3, 1,
+    "DPM-Solver-v3 predictor-corrector (order 2); neutral statistics unless a DPM-Solver-v3 node gives the model's EMS")
