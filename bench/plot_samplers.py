@@ -20,11 +20,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("result")
     ap.add_argument("--out", default="docs/samplers.png")
-    ap.add_argument("--only", nargs="+", help="samplers to draw (default: the best ten at 8 calls)")
+    ap.add_argument("--only", nargs="+", help="samplers to draw (default: the best ten at 8 calls among the "
+                    "Heun-referenced ones)")
     args = ap.parse_args()
     rows = json.loads(Path(args.result).read_text())["rows"]
     by_name: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
+        if r.get("reference", "heun") == "self" and not (args.only and r["sampler"] in args.only):
+            continue  # scored against its own high-NFE run: not on the Heun-reference scale
         by_name.setdefault(r["sampler"], []).append((r["nfe"], r["psnr"]))
     at8 = {n: max((p for nfe, p in pts if nfe <= 8), default=-1.0) for n, pts in by_name.items()}
     names = args.only or sorted(by_name, key=lambda n: -at8[n])[:len(PALETTE)]
@@ -47,7 +50,7 @@ def main() -> None:
         draw.text((8, y - 6), f"{db} dB", fill="black")
     for nfe in sorted({p[0] for p in pts_all}):
         x = xy(nfe, db_lo)[0]
-        draw.text((x - 6, y1 + 6), str(nfe), fill="black")
+        draw.text((x - 6, y1 + 6), f"{nfe:g}", fill="black")
     draw.text(((x0 + x1) // 2 - 80, y1 + 22), "model calls (log scale)", fill="black")
     for k, name in enumerate(names):
         color = PALETTE[k % len(PALETTE)]
