@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from .magcache import MagCacheSettings, branch_keys, decide_branches, plan_step, step_index
+from .magcache import MagCacheSettings, decide_branches, plan_step, step_index
 
 SUPPORTED = {
     "comfy.ldm.flux.model.Flux": "ComfyUI Flux",
@@ -187,7 +187,7 @@ def recording_block_patches(model: torch.nn.Module, records: dict, state_of: Sta
                             existing: dict | None = None) -> dict[Key, Callable]:
     """Block patches that run the full stack and record, per branch and step, the residual magnitude ratio
     (as ``accel.magcache_calibration.recording_wrapper`` does for our own models)."""
-    from .magcache_calibration import ratio_stats
+    from .magcache_calibration import record_residuals
 
     keys = block_keys(model)
     existing = existing or {}
@@ -207,22 +207,7 @@ def recording_block_patches(model: torch.nn.Module, records: dict, state_of: Sta
             stack_in = store.pop(CALL_KEY)
             step = step_index(float(torch.as_tensor(options["sigmas"]).reshape(-1)[0]), options["sample_sigmas"])
             branches = list(options.get("cond_or_uncond") or [0])
-            residual = out["img"][:, -stack_in.shape[1]:] - stack_in
-            for bkey, r in zip(branch_keys(branches), residual.chunk(len(branches)), strict=True):
-                rec = records.setdefault(bkey[0], {"ratio": {}, "std": {}, "cos_dist": {}, "last": None})
-                if bkey[1] or step in rec["ratio"]:
-                    continue
-                last = rec["last"]
-                if step == 0:
-                    stats = (1.0, 0.0, 0.0)
-                elif last is None or last[0] != step - 1:
-                    raise RuntimeError(f"MagCache calibration: step {step - 1} was never evaluated; calibrate with "
-                                       f"a sampler that evaluates every schedule sigma (e.g. euler)")
-                else:
-                    stats = ratio_stats(r, last[1])
-                for name, v in zip(("ratio", "std", "cos_dist"), stats, strict=True):
-                    rec[name][step] = v
-                rec["last"] = (step, r.detach().clone())
+            record_residuals(records, branches, step, out["img"][:, -stack_in.shape[1]:] - stack_in)
             return out
 
         patch.turbosample_inner = inner

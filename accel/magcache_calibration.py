@@ -174,6 +174,29 @@ def ratio_stats(current: torch.Tensor, previous: torch.Tensor) -> tuple[float, f
     return float(ratio.mean()), float(ratio.std()), float(cos.mean())
 
 
+def record_residuals(records: dict, branches: list, step: int, residual: torch.Tensor) -> None:
+    """Add this call's per-branch ratio/std/cos-distance at ``step`` (batch chunks in ``branches`` order).
+
+    Only the first chunk of a branch and the first call of a step index count (as the skip rule does); a step
+    whose predecessor was never evaluated is a RuntimeError naming the fix.
+    """
+    for key, r in zip(branch_keys(branches), residual.chunk(len(branches)), strict=True):
+        rec = records.setdefault(key[0], {"ratio": {}, "std": {}, "cos_dist": {}, "last": None})
+        if key[1] or step in rec["ratio"]:
+            continue
+        last = rec["last"]
+        if step == 0:
+            stats = (1.0, 0.0, 0.0)
+        elif last is None or last[0] != step - 1:
+            raise RuntimeError(f"MagCache calibration: step {step - 1} was never evaluated; calibrate with a "
+                               f"sampler that evaluates every schedule sigma (e.g. euler)")
+        else:
+            stats = ratio_stats(r, last[1])
+        for name, v in zip(("ratio", "std", "cos_dist"), stats, strict=True):
+            rec[name][step] = v
+        rec["last"] = (step, r.detach().clone())
+
+
 def recording_wrapper(parts, records: dict):
     """A model wrapper that runs the full forward and records per-branch, per-step residual ratios."""
 
@@ -182,21 +205,7 @@ def recording_wrapper(parts, records: dict):
         branches = list(options.get("cond_or_uncond") or [0])
         tokens, cond, grid = parts.embed(x, timestep, context)
         out = run_blocks(parts, tokens, cond)
-        for key, r in zip(branch_keys(branches), (out - tokens).chunk(len(branches)), strict=True):
-            rec = records.setdefault(key[0], {"ratio": {}, "std": {}, "cos_dist": {}, "last": None})
-            if key[1] or step in rec["ratio"]:
-                continue  # first chunk of a branch, first call of a step index (as the skip rule accounts)
-            last = rec["last"]
-            if step == 0:
-                stats = (1.0, 0.0, 0.0)
-            elif last is None or last[0] != step - 1:
-                raise RuntimeError(f"MagCache calibration: step {step - 1} was never evaluated; calibrate with a "
-                                   f"sampler that evaluates every schedule sigma (e.g. euler)")
-            else:
-                stats = ratio_stats(r, last[1])
-            for name, v in zip(("ratio", "std", "cos_dist"), stats, strict=True):
-                rec[name][step] = v
-            rec["last"] = (step, r.detach().clone())
+        record_residuals(records, branches, step, out - tokens)
         return parts.head(out, cond, grid)
 
     return wrapper

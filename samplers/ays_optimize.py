@@ -37,7 +37,6 @@ What is done here, and what differs from the paper (stated, not verified against
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -49,8 +48,9 @@ from .model_sampling import is_flow
 from .noise import seeded_noise
 from .registry import get_sampler
 from .sampling_utils import MODEL_SAMPLING_KEY, unwrap_for_base
+from .schedule_file import load_schedule_file, save_schedule_file
 from .schedulers import karras, simple
-from .validate import check_finite, check_sigmas, check_steps
+from .validate import check_finite, check_steps
 
 FORMAT = "turbosample-ays-schedule"
 DEFAULTS = {"mc_points": 64, "grid_points": 96, "max_sweeps": 20, "coarse_steps": 4, "data_steps": 24,
@@ -281,24 +281,9 @@ def model_id_of(model: DiffusionModel) -> str:
 
 def save_schedule(path: str | Path, sigmas: torch.Tensor, model_id: str, **info: object) -> None:
     """Write the schedule as JSON with the model id and step count it was optimized for (plus ``info``)."""
-    sigmas = check_result(check_sigmas(torch.as_tensor(sigmas).float().cpu()))
-    record = {"format": FORMAT, "model_id": model_id, "steps": len(sigmas) - 1, "sigmas": sigmas.tolist(), **info}
-    Path(path).write_text(json.dumps(record, indent=1))
+    save_schedule_file(path, check_result(torch.as_tensor(sigmas).float().cpu()), FORMAT, model_id, **info)
 
 
 def load_schedule(path: str | Path, model_id: str | None = None, steps: int | None = None) -> torch.Tensor:
     """Read a saved schedule; ValueError if it is not one or was optimized for another model / step count."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read an AYS schedule from {path}: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} file")
-    if model_id is not None and record.get("model_id") != model_id:
-        raise ValueError(f"{path} was optimized for model {record.get('model_id')!r}, not {model_id!r}")
-    if steps is not None and record.get("steps") != steps:
-        raise ValueError(f"{path} holds a {record.get('steps')}-step schedule, not {steps} steps")
-    sigmas = check_result(check_sigmas(torch.tensor(record.get("sigmas"), dtype=torch.float32)))
-    if len(sigmas) - 1 != record.get("steps"):
-        raise ValueError(f"{path}: {len(sigmas)} sigmas do not match steps = {record.get('steps')}")
-    return sigmas
+    return check_result(load_schedule_file(path, FORMAT, "an AYS schedule", model_id, steps))

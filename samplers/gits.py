@@ -25,7 +25,6 @@ timestep), for other models Karras rho = 7 as the paper.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from .denoiser import DiffusionModel, cfg_denoiser
 from .model_sampling import is_flow
 from .noise import seeded_noise
 from .registry import get_sampler
+from .schedule_file import load_schedule_file, save_schedule_file
 from .schedulers import karras, simple
 from .solvers import to_d
 from .validate import check_finite, check_sigmas, check_steps
@@ -167,24 +167,9 @@ def gits_for_model(model: DiffusionModel, positive: list, negative: list, cfg: f
 
 def save_schedule(path: str | Path, sigmas: torch.Tensor, model_id: str, **info: object) -> None:
     """Write the schedule as JSON with the model id and step count it was searched for (plus ``info``)."""
-    sigmas = check_sigmas(torch.as_tensor(sigmas).float().cpu())
-    record = {"format": FORMAT, "model_id": model_id, "steps": len(sigmas) - 1, "sigmas": sigmas.tolist(), **info}
-    Path(path).write_text(json.dumps(record, indent=1))
+    save_schedule_file(path, sigmas, FORMAT, model_id, **info)
 
 
 def load_schedule(path: str | Path, model_id: str | None = None, steps: int | None = None) -> torch.Tensor:
     """Read a saved schedule; ValueError if it is not one or belongs to another model id / step count."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read a GITS schedule from {path}: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} file")
-    if model_id is not None and record.get("model_id") != model_id:
-        raise ValueError(f"{path} was searched for model {record.get('model_id')!r}, not {model_id!r}")
-    if steps is not None and record.get("steps") != steps:
-        raise ValueError(f"{path} holds a {record.get('steps')}-step schedule, not {steps} steps")
-    sigmas = check_sigmas(torch.tensor(record["sigmas"], dtype=torch.float32))
-    if len(sigmas) - 1 != record.get("steps"):
-        raise ValueError(f"{path}: {len(sigmas)} sigmas do not match steps = {record.get('steps')}")
-    return sigmas
+    return load_schedule_file(path, FORMAT, "a GITS schedule", model_id, steps)

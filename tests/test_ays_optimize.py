@@ -148,7 +148,7 @@ def test_node_json_round_trip_and_refusal_for_another_model(tmp_path):
     other = tiny_model()
     torch.nn.init.zeros_(other.diffusion_model.final.linear.weight)
     assert ays.model_id_of(other) != model_id
-    with pytest.raises(ValueError, match="optimized for model"):
+    with pytest.raises(ValueError, match="made for model"):
         ays.load_schedule(path, model_id=ays.model_id_of(other))
     with pytest.raises(ValueError, match="4-step"):
         ays.load_schedule(path, model_id=model_id, steps=8)
