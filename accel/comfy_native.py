@@ -20,7 +20,6 @@ in ``SUPPORTED`` are patched: subclasses that add work between blocks (VACE, S2V
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -215,17 +214,3 @@ def recording_block_patches(model: torch.nn.Module, records: dict, state_of: Sta
 
     return {key: make(key) for key in keys}
 
-
-def records_to_ratios(records: dict, steps: int) -> tuple[dict[int, tuple[float, ...]], dict]:
-    """(ratios per branch, extra stats) from recorded patches; RuntimeError when a step is missing."""
-    ratios, extra = {}, {"std": {}, "cos_dist": {}}
-    for branch, rec in sorted(records.items()):
-        if sorted(rec["ratio"]) != list(range(steps)):
-            raise RuntimeError(f"MagCache calibration: branch {branch} saw steps {sorted(rec['ratio'])}, "
-                               f"expected 0..{steps - 1}")
-        ratios[branch] = tuple(rec["ratio"][i] for i in range(steps))
-        for name in extra:
-            extra[name][str(branch)] = [rec[name][i] for i in range(steps)]
-    if not ratios or not all(math.isfinite(r) and r > 0 for v in ratios.values() for r in v):
-        raise FloatingPointError("MagCache calibration produced no or non-finite ratios (a zero residual?)")
-    return ratios, extra

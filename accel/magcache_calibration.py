@@ -112,6 +112,20 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def model_id_of(model) -> str:
+    """Name and weights fingerprint of our DiffusionModel or a ComfyUI ModelPatcher: what a file is tied to."""
+    from ..samplers.denoiser import DiffusionModel
+
+    if isinstance(model, DiffusionModel):
+        return f"{model.name}:{weights_fingerprint(model.diffusion_model)}"
+    inner = getattr(model, "model", None)
+    net = getattr(inner, "diffusion_model", None)
+    if not isinstance(net, torch.nn.Module):
+        raise ValueError(f"cannot identify the weights of a {type(model).__name__}; pass a DiffusionModel or a "
+                         "ComfyUI MODEL")
+    return f"{type(inner).__name__}:{weights_fingerprint(net)}"
+
+
 def resample_curve(values: tuple[float, ...], steps: int, mode: str = "nearest") -> tuple[float, ...]:
     """A curve mapped to ``steps`` entries by normalised step position (``nearest`` as the official code)."""
     if steps < 1:
@@ -211,6 +225,21 @@ def recording_wrapper(parts, records: dict):
     return wrapper
 
 
+def records_to_ratios(records: dict, steps: int) -> tuple[dict[int, tuple[float, ...]], dict]:
+    """(ratios per branch, extra stats) from recorded residuals; RuntimeError when a step is missing."""
+    ratios, extra = {}, {"std": {}, "cos_dist": {}}
+    for branch, rec in sorted(records.items()):
+        if sorted(rec["ratio"]) != list(range(steps)):
+            raise RuntimeError(f"MagCache calibration: branch {branch} saw steps {sorted(rec['ratio'])}, "
+                               f"expected 0..{steps - 1}")
+        ratios[branch] = tuple(rec["ratio"][i] for i in range(steps))
+        for name in extra:
+            extra[name][str(branch)] = [rec[name][i] for i in range(steps)]
+    if not ratios or not all(math.isfinite(r) and r > 0 for v in ratios.values() for r in v):
+        raise FloatingPointError("MagCache calibration produced no or non-finite ratios (a zero residual?)")
+    return ratios, extra
+
+
 def calibrate(model, positive: list, negative: list, latent: torch.Tensor, sampler, sigmas: torch.Tensor,
               seed: int, cfg: float, meta: dict | None = None) -> Calibration:
     """One full sampling run of a ``DiffusionModel`` recording the ratio curves (no step is skipped)."""
@@ -221,16 +250,7 @@ def calibrate(model, positive: list, negative: list, latent: torch.Tensor, sampl
     sample(model.with_wrapper("magcache_calibrate", recording_wrapper(parts, records)), positive, negative, latent,
            sampler, sigmas, seed, cfg)
     steps = int(sigmas.numel()) - 1
-    ratios, extra = {}, {"std": {}, "cos_dist": {}}
-    for branch, rec in sorted(records.items()):
-        if sorted(rec["ratio"]) != list(range(steps)):
-            raise RuntimeError(f"MagCache calibration: branch {branch} saw steps {sorted(rec['ratio'])}, "
-                               f"expected 0..{steps - 1}")
-        ratios[branch] = tuple(rec["ratio"][i] for i in range(steps))
-        for name in extra:
-            extra[name][str(branch)] = [rec[name][i] for i in range(steps)]
-    if not all(math.isfinite(r) and r > 0 for v in ratios.values() for r in v):
-        raise FloatingPointError("MagCache calibration produced non-finite ratios (a zero residual?)")
+    ratios, extra = records_to_ratios(records, steps)
     return Calibration(model_id=model.name, steps=steps, ratios=ratios,
                        fingerprint=weights_fingerprint(model.diffusion_model),
                        sigmas=tuple(float(s) for s in sigmas.float().cpu()),

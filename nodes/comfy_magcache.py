@@ -103,7 +103,7 @@ def patch_native(model, settings: MagCacheSettings, curve_for: Callable | None =
 
 def recording_clone(model, records: dict):
     """A clone of a ModelPatcher holding ComfyUI's Flux/MMDiT/Wan that records MagCache's calibration ratios into
-    ``records`` during a full run (see ``accel.comfy_native.records_to_ratios``)."""
+    ``records`` during a full run (see ``accel.magcache_calibration.records_to_ratios``)."""
     import comfy.patcher_extension as pe
 
     diffusion_model = model.get_model_object("diffusion_model")

@@ -52,7 +52,7 @@ def comfy_calibrate_model(model, positive, negative, latent_image, sampler, sigm
     import comfy.samplers
 
     from ..accel.adapter import UnsupportedModel
-    from ..accel.comfy_native import records_to_ratios
+    from ..accel.magcache_calibration import records_to_ratios
     from .comfy_magcache import recording_clone
 
     steps = check_sigmas_input(sigmas)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
+from ..accel.magcache_calibration import model_id_of  # noqa: F401  (re-exported for the nodes)
 from .dc_solver import DC_ORDER, NEUTRAL, check_ratios, run_dc, unipc_grid
 from .denoiser import DiffusionModel, cfg_denoiser
 from .gits import teacher_trajectory
@@ -102,20 +103,6 @@ def calibrate(denoiser, x_T: torch.Tensor, sigmas: torch.Tensor, extra_args: dic
     found = search_ratios(denoiser, x_T, sigmas, ref, extra_args, variant, bounds)
     return {**found, "sigmas": [float(s) for s in sigmas], "steps": len(sigmas) - 1, "variant": variant,
             "reference_nfe": int(reference_nfe), "reference_solver": reference_solver}
-
-
-def model_id_of(model) -> str:
-    """Name and weights fingerprint of our DiffusionModel or a ComfyUI ModelPatcher (what a file is tied to)."""
-    from ..accel.magcache_calibration import weights_fingerprint
-
-    if isinstance(model, DiffusionModel):
-        return f"{model.name}:{weights_fingerprint(model.diffusion_model)}"
-    inner = getattr(model, "model", None)
-    net = getattr(inner, "diffusion_model", None)
-    if not isinstance(net, torch.nn.Module):
-        raise ValueError(f"cannot identify the weights of a {type(model).__name__}; pass a DiffusionModel or a "
-                         "ComfyUI MODEL")
-    return f"{type(inner).__name__}:{weights_fingerprint(net)}"
 
 
 def calibrate_for_model(model: DiffusionModel, positive: list, negative: list, cfg: float, steps: int,

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from ..accel.magcache_calibration import model_id_of  # noqa: F401  (re-exported for the nodes)
 from .model_sampling import is_flow
 from .sampling_utils import MODEL_SAMPLING_KEY, half_log_snr, sigma_of_half_log_snr, signal_scale
 from .validate import check_finite
@@ -265,21 +266,6 @@ def prediction_of(model_sampling) -> str:
         return str(named)
     bases = {c.__name__ for c in type(model_sampling).__mro__}
     return "v_prediction" if "V_PREDICTION" in bases else "eps"
-
-
-def model_id_of(model) -> str:
-    """Name and weights fingerprint of our DiffusionModel or a ComfyUI ModelPatcher: what an EMS file is tied to."""
-    from ..accel.magcache_calibration import weights_fingerprint
-    from .denoiser import DiffusionModel
-
-    if isinstance(model, DiffusionModel):
-        return f"{model.name}:{weights_fingerprint(model.diffusion_model)}"
-    inner = getattr(model, "model", None)
-    net = getattr(inner, "diffusion_model", None)
-    if not isinstance(net, torch.nn.Module):
-        raise ValueError(f"cannot identify the weights of a {type(model).__name__}; pass a DiffusionModel or a "
-                         "ComfyUI MODEL")
-    return f"{type(inner).__name__}:{weights_fingerprint(net)}"
 
 
 def save_ems(path: str | Path, ems: EMS, model_id: str, **info: object) -> Path:

@@ -30,12 +30,12 @@ import comfy.samplers  # noqa: E402
 import comfy.supported_models as sm  # noqa: E402
 
 from turbosample.accel.adapter import UnsupportedModel  # noqa: E402
-from turbosample.accel.comfy_native import records_to_ratios  # noqa: E402
 from turbosample.accel.magcache import MagCacheSettings, step_index  # noqa: E402
 from turbosample.accel.magcache_calibration import (  # noqa: E402
     Calibration,
     load_calibration,
     ratio_stats,
+    records_to_ratios,
     run_settings,
     weights_fingerprint,
 )
