@@ -263,6 +263,14 @@ SHIPPED = {
                                       filename_prefix="ghvb"),
     "builtin_time_shift": Settings(prompt="sunflower", seed=1, steps=10, sampler="dpmpp_2m_time_shift",
                                    filename_prefix="time_shift"),
+    "builtin_sa_solver": Settings(prompt="cat face", seed=1, steps=16, sampler="sa_solver",
+                                  filename_prefix="sa_solver"),
+    "builtin_cfg_pp": Settings(prompt="rocket", seed=1, steps=12, cfg=1.0, sampler="dpmpp_2m_cfg_pp",
+                               filename_prefix="cfg_pp"),
+    "builtin_adaptive_ode": Settings(prompt="japan flag", seed=1, steps=28, sampler="adaptive_ode",
+                                     filename_prefix="adaptive_ode"),
+    "builtin_paradigms": Settings(prompt="grinning face", seed=1, steps=16, sampler="paradigms",
+                                  filename_prefix="paradigms"),
 }
 
 
