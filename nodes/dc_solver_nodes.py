@@ -7,8 +7,6 @@ SamplerCustomAdvanced (``comfy.samplers.KSAMPLER``).
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import torch
@@ -28,20 +26,14 @@ from ..samplers.dc_solver import sample_dc_solver
 from ..samplers.registry import SamplerInfo
 from ..samplers.schedulers import SCHEDULERS, compute_sigmas
 from .spec import NodeInputError, NodeSpec, Output, Param
+from .user_files import output_path, user_dir
 
 CATEGORY = "TurboSample/accelerators"
 
 
 def calibration_dir() -> Path:
     """Where calibrations go: $TURBOSAMPLE_DC_SOLVER_DIR, ComfyUI's user dir, or ~/.cache/turbosample/dc_solver."""
-    if os.environ.get("TURBOSAMPLE_DC_SOLVER_DIR"):
-        return Path(os.environ["TURBOSAMPLE_DC_SOLVER_DIR"])
-    try:
-        import folder_paths
-
-        return Path(folder_paths.get_user_directory()) / "turbosample_dc_solver"
-    except ImportError:
-        return Path.home() / ".cache" / "turbosample" / "dc_solver"
+    return user_dir("TURBOSAMPLE_DC_SOLVER_DIR", "dc_solver")
 
 
 def resolve_path(spec: str) -> Path:
@@ -52,11 +44,9 @@ def resolve_path(spec: str) -> Path:
 
 
 def _write(record: dict, filename: str) -> tuple:
-    name = filename.strip() or (f"dc_solver_{record['model_id'].replace(':', '_')}_{record['scheduler']}_"
-                                f"{record['steps']}steps_cfg{record['cfg']:g}")
-    if not re.fullmatch(r"[\w.\-]+", name):
-        raise NodeInputError(f"filename {name!r} may only use letters, digits, '_', '-' and '.'")
-    return (str(save_calibration(calibration_dir() / (name if name.endswith(".json") else name + ".json"), record)),)
+    default = (f"dc_solver_{record['model_id'].replace(':', '_')}_{record['scheduler']}_"
+               f"{record['steps']}steps_cfg{record['cfg']:g}")
+    return (str(save_calibration(output_path(calibration_dir(), filename, default, ".json"), record)),)
 
 
 def dc_calibrate(model, positive, negative, latent_image, seed: int, cfg: float, steps: int, scheduler: str,

@@ -9,8 +9,6 @@ then beat neutral statistics and dpmpp_2m at 5-10 steps (bench/bench_dpm_solver_
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 import torch
@@ -19,20 +17,14 @@ from ..samplers.dpm_solver_v3 import MAX_ORDER, sample_dpm_solver_v3
 from ..samplers.ems import DEFAULTS, REDUCTIONS, estimate_ems, load_ems, model_id_of, prediction_of, save_ems
 from ..samplers.registry import SamplerInfo
 from .spec import NodeInputError, NodeSpec, Output, Param
+from .user_files import output_path, user_dir
 
 CATEGORY = "TurboSample/samplers"
 
 
 def ems_dir() -> Path:
     """Where EMS files go: $TURBOSAMPLE_EMS_DIR, ComfyUI's user dir, or ~/.cache/turbosample/dpm_solver_v3."""
-    if os.environ.get("TURBOSAMPLE_EMS_DIR"):
-        return Path(os.environ["TURBOSAMPLE_EMS_DIR"])
-    try:
-        import folder_paths
-
-        return Path(folder_paths.get_user_directory()) / "turbosample_dpm_solver_v3"
-    except ImportError:
-        return Path.home() / ".cache" / "turbosample" / "dpm_solver_v3"
+    return user_dir("TURBOSAMPLE_EMS_DIR", "dpm_solver_v3")
 
 
 def resolve_path(spec: str) -> Path:
@@ -45,11 +37,8 @@ def resolve_path(spec: str) -> Path:
 
 def _write(ems, model, filename: str, cfg: float) -> tuple:
     model_id = model_id_of(model)
-    name = filename.strip() or f"ems_{model_id.replace(':', '_')}_cfg{cfg:g}_{ems.meta['reduce']}"
-    if not re.fullmatch(r"[\w.\-]+", name):
-        raise NodeInputError(f"filename {name!r} may only use letters, digits, '_', '-' and '.'")
-    name = name if name.endswith(".safetensors") else name + ".safetensors"
-    return (str(save_ems(ems_dir() / name, ems, model_id, cfg=float(cfg))),)
+    default = f"ems_{model_id.replace(':', '_')}_cfg{cfg:g}_{ems.meta['reduce']}"
+    return (str(save_ems(output_path(ems_dir(), filename, default, ".safetensors"), ems, model_id, cfg=float(cfg))),)
 
 
 def _options(batch: int, grid_points: int, reduce: str) -> dict:

@@ -7,7 +7,7 @@ as well as the built-in model, standalone or in ComfyUI.
 
 from __future__ import annotations
 
-import re
+from pathlib import Path
 
 import torch
 
@@ -15,13 +15,11 @@ from ..accel.magcache_calibration import Calibration, calibrate, save_calibratio
 from .builtin_nodes import CATEGORY, SEED
 from .magcache_nodes import calibration_dir
 from .spec import NodeInputError, NodeSpec, Output, Param
+from .user_files import output_path
 
 
-def calibration_path(name: str, default: str):
-    name = name.strip() or default
-    if not re.fullmatch(r"[\w.\-]+", name):
-        raise NodeInputError(f"filename {name!r} may only use letters, digits, '_', '-' and '.'")
-    return calibration_dir() / (name if name.endswith(".json") else name + ".json")
+def calibration_path(name: str, default: str) -> Path:
+    return output_path(calibration_dir(), name, default, ".json")
 
 
 def check_sigmas_input(sigmas: torch.Tensor) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
 from ..accel.magcache_calibration import (
@@ -23,20 +21,14 @@ from ..samplers.schedulers import SCHEDULERS
 from . import comfy_magcache
 from .builtin_nodes import CATEGORY, MAX_SIZE, PATCH, SEED, check_latent_size
 from .spec import NodeInputError, NodeSpec, Output, Param
+from .user_files import output_path, user_dir
 
 RESAMPLE_MODES = ("off", "nearest", "linear")
 
 
 def calibration_dir() -> Path:
     """Where calibrations are written: $TURBOSAMPLE_MAGCACHE_DIR, ComfyUI's user dir, or ~/.cache."""
-    if os.environ.get("TURBOSAMPLE_MAGCACHE_DIR"):
-        return Path(os.environ["TURBOSAMPLE_MAGCACHE_DIR"])
-    try:
-        import folder_paths
-
-        return Path(folder_paths.get_user_directory()) / "turbosample_magcache"
-    except ImportError:
-        return Path.home() / ".cache" / "turbosample" / "magcache"
+    return user_dir("TURBOSAMPLE_MAGCACHE_DIR", "magcache")
 
 
 def resolve_calibration(spec: str) -> Calibration:
@@ -73,11 +65,8 @@ def calibrate_builtin(prompt: str, negative_prompt: str, steps: int, scheduler: 
             "height": height, "flow_shift": flow_shift}
     cal = calibrate(model, encode_text(prompt)[0], encode_text(negative_prompt)[0], torch.zeros(1, 3, height, width),
                     get_sampler(sampler_name), sigmas, seed, cfg, meta)
-    name = filename.strip() or f"{cal.model_id}_{scheduler}_{steps}steps_shift{flow_shift:g}_{width}x{height}"
-    if not re.fullmatch(r"[\w.\-]+", name):
-        raise NodeInputError(f"filename {name!r} may only use letters, digits, '_', '-' and '.'")
-    path = save_calibration(cal, calibration_dir() / (name if name.endswith(".json") else name + ".json"))
-    return (str(path),)
+    default = f"{cal.model_id}_{scheduler}_{steps}steps_shift{flow_shift:g}_{width}x{height}"
+    return (str(save_calibration(cal, output_path(calibration_dir(), filename, default, ".json"))),)
 
 
 def settings_from_inputs(calibration: str, threshold: float, max_skip_steps: int, retention_ratio: float,

@@ -43,9 +43,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..accel.magcache_calibration import model_id_of  # noqa: F401  (the id a saved schedule is tied to)
 from .denoiser import DiffusionModel, cfg_denoiser
 from .model_sampling import is_flow
-from .noise import seeded_noise
+from .noise import noisy_start, seeded_noise
 from .registry import get_sampler
 from .sampling_utils import MODEL_SAMPLING_KEY, unwrap_for_base
 from .schedule_file import load_schedule_file, save_schedule_file
@@ -267,16 +268,9 @@ def ays_for_model(model: DiffusionModel, positive: list, negative: list, cfg: fl
     ms = model.model_sampling
     device = next(model.diffusion_model.parameters()).device
     noise = seeded_noise(seed, tuple(latent_shape), device=device)
-    x_T = ms.noise_scaling(ms.sigma_max.to(device), noise, torch.zeros_like(noise), max_denoise=True)
+    x_T = noisy_start(ms, ms.sigma_max.to(device), noise)
     denoiser = cfg_denoiser(model, positive, negative, cfg, {"sample_sigmas": None, "run_state": {}})
     return ays_optimize(denoiser, ms, x_T, steps, seed=seed, **options)[0]
-
-
-def model_id_of(model: DiffusionModel) -> str:
-    """The id a saved schedule is tied to: the model's name and a fingerprint of its weights."""
-    from ..accel.magcache_calibration import weights_fingerprint
-
-    return f"{model.name}:{weights_fingerprint(model.diffusion_model)}"
 
 
 def save_schedule(path: str | Path, sigmas: torch.Tensor, model_id: str, **info: object) -> None:

@@ -29,7 +29,7 @@ from ..accel.magcache_calibration import model_id_of  # noqa: F401  (re-exported
 from .dc_solver import DC_ORDER, NEUTRAL, check_ratios, run_dc, unipc_grid
 from .denoiser import DiffusionModel, cfg_denoiser
 from .gits import teacher_trajectory
-from .noise import seeded_noise
+from .noise import noisy_start, seeded_noise
 from .sampling_utils import split_extra_args
 from .schedulers import compute_sigmas
 from .validate import check_finite, check_sigmas, check_steps
@@ -116,8 +116,7 @@ def calibrate_for_model(model: DiffusionModel, positive: list, negative: list, c
     sigmas = compute_sigmas(ms, scheduler, steps).float().cpu()
     device = next(model.diffusion_model.parameters()).device
     noise = seeded_noise(seed, (int(samples), *latent_shape[1:]), device=device)
-    x_T = ms.noise_scaling(sigmas[0].to(device), noise, torch.zeros_like(noise),
-                           max_denoise=float(sigmas[0]) >= float(ms.sigma_max) * (1 - 1e-5))
+    x_T = noisy_start(ms, sigmas[0].to(device), noise)
     denoiser = cfg_denoiser(model, positive, negative, cfg, {"sample_sigmas": sigmas.to(device), "run_state": {}})
     found = calibrate(denoiser, x_T, sigmas.to(device), **options)
     return {**found, "model_id": model_id_of(model), "cfg": float(cfg), "scheduler": scheduler,

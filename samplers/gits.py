@@ -32,7 +32,7 @@ import torch
 
 from .denoiser import DiffusionModel, cfg_denoiser
 from .model_sampling import is_flow
-from .noise import seeded_noise
+from .noise import noisy_start, seeded_noise
 from .registry import get_sampler
 from .schedule_file import load_schedule_file, save_schedule_file
 from .schedulers import karras, simple
@@ -158,8 +158,7 @@ def gits_for_model(model: DiffusionModel, positive: list, negative: list, cfg: f
     fine = default_fine_sigmas(ms) if fine_sigmas is None else check_sigmas(torch.as_tensor(fine_sigmas).float())
     device = next(model.diffusion_model.parameters()).device
     noise = seeded_noise(seed, tuple(latent_shape), device=device)
-    x_T = ms.noise_scaling(fine[0].to(device), noise, torch.zeros_like(noise),
-                           max_denoise=float(fine[0]) >= float(ms.sigma_max) * (1 - 1e-5))
+    x_T = noisy_start(ms, fine[0].to(device), noise)
     options = {"sample_sigmas": fine.to(device), "run_state": {}}
     return gits_schedule(cfg_denoiser(model, positive, negative, cfg, options), x_T, fine, steps, solver, coeff,
                          metric)

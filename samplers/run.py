@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from .denoiser import DiffusionModel, cfg_denoiser
-from .noise import seeded_noise
+from .noise import noisy_start, seeded_noise
 from .registry import SamplerInfo
 from .sampling_utils import MODEL_SAMPLING_KEY
 from .validate import check_finite, check_sigmas
@@ -32,9 +32,7 @@ def sample(model: DiffusionModel, positive: list, negative: list, latent: torch.
     latent = latent.to(device=device, dtype=torch.float32)
     sigmas = sigmas.to(device)
     if add_noise:
-        noise = seeded_noise(seed, tuple(latent.shape), device=device)
-        max_denoise = float(sigmas[0]) >= float(ms.sigma_max) * (1 - 1e-5)
-        x = ms.noise_scaling(sigmas[0], noise, latent, max_denoise)
+        x = noisy_start(ms, sigmas[0], seeded_noise(seed, tuple(latent.shape), device=device), latent)
     else:
         x = latent
 

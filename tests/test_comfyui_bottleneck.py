@@ -6,28 +6,16 @@ there: SamplerCustomAdvanced with CFGGuider and the TurboSampleBottleneckSampler
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from comfy_run import requires_comfy, run_comfy_script
 
-ROOT = Path(__file__).resolve().parent.parent
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-pytestmark = pytest.mark.skipif(
-    not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").exists(),
-    reason="COMFYUI_DIR is not set to a ComfyUI checkout; the ComfyUI bottleneck test needs one")
+pytestmark = requires_comfy(
+    "main.py", "COMFYUI_DIR is not set to a ComfyUI checkout; the ComfyUI bottleneck test needs one")
 
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    out = subprocess.run([python, str(ROOT / "tests" / "comfy_bottleneck_models.py"), str(ROOT)],
-                         cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_comfy_script("comfy_bottleneck_models.py")
 
 
 @pytest.mark.parametrize("name, shape, flow", [

@@ -10,19 +10,10 @@ cond/uncond outputs, the same seeded Brownian noise on both sides). Tolerance: 2
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from comfy_run import requires_comfy, run_comfy_script
 
-ROOT = Path(__file__).resolve().parent.parent
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-pytestmark = pytest.mark.skipif(
-    not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "comfy" / "k_diffusion" / "sampling.py").exists(),
-    reason="COMFYUI_DIR is not set to a ComfyUI checkout")
+pytestmark = requires_comfy("comfy/k_diffusion/sampling.py")
 
 DIFFERS = {f"{kind}/dpmpp_2s_ancestral_cfg_pp" for kind in ("eps", "v_prediction", "flow")} | {
     f"flow/{name}" for name in ("dpmpp_2m_cfg_pp", "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp",
@@ -31,11 +22,7 @@ DIFFERS = {f"{kind}/dpmpp_2s_ancestral_cfg_pp" for kind in ("eps", "v_prediction
 
 @pytest.fixture(scope="module")
 def diffs() -> dict:
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    out = subprocess.run([python, str(ROOT / "tests" / "comfy_cfgpp_oracle.py"), str(ROOT)], cwd=COMFYUI_DIR,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_comfy_script("comfy_cfgpp_oracle.py")
 
 
 def cases(diffs: dict) -> list[str]:

@@ -8,19 +8,11 @@ O(1)); measured <= 5e-8 (ER-SDE: ComfyUI builds its quadrature points in float32
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from comfy_run import requires_comfy, run_comfy_script
 
-ROOT = Path(__file__).resolve().parent.parent
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-pytestmark = pytest.mark.skipif(
-    not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "comfy" / "k_diffusion" / "sa_solver.py").exists(),
-    reason="COMFYUI_DIR is not set to a ComfyUI checkout with SA-Solver")
+pytestmark = requires_comfy("comfy/k_diffusion/sa_solver.py",
+                            "COMFYUI_DIR is not set to a ComfyUI checkout with SA-Solver")
 
 NAMES = ("sa_solver", "sa_solver_pece", "er_sde", "seeds_2", "seeds_3", "heunpp2", "dpm_2_ancestral")
 MODELS = ("gaussian_flow", "gaussian_eps", "gaussian_eps_3steps", "builtin")
@@ -28,11 +20,7 @@ MODELS = ("gaussian_flow", "gaussian_eps", "gaussian_eps_3steps", "builtin")
 
 @pytest.fixture(scope="module")
 def diffs() -> dict:
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    out = subprocess.run([python, str(ROOT / "tests" / "comfy_extra_oracle.py"), str(ROOT)], cwd=COMFYUI_DIR,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_comfy_script("comfy_extra_oracle.py")
 
 
 def test_every_sampler_was_compared_on_every_model(diffs):

@@ -7,33 +7,21 @@ patches on a stand-in stack that consults ``patches_replace`` the way Flux's for
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from comfy_run import requires_comfy, run_comfy_script
 
 from turbosample.accel import comfy_native
 from turbosample.accel.adapter import UnsupportedModel
 from turbosample.accel.magcache import MagCacheSettings
 
-ROOT = Path(__file__).resolve().parent.parent
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-needs_comfy = pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "comfy").is_dir(),
-                                 reason="COMFYUI_DIR is not set to a ComfyUI checkout")
+needs_comfy = requires_comfy()
 KINDS = ("flux", "sd3", "wan")
 
 
 @pytest.fixture(scope="module")
 def comfy_results() -> dict:
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    out = subprocess.run([python, str(ROOT / "tests" / "comfy_native_magcache.py"), str(ROOT)], cwd=COMFYUI_DIR,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_comfy_script("comfy_native_magcache.py")
 
 
 @needs_comfy
