@@ -12,6 +12,7 @@ weights offline). ``--sweep`` also tries other shifts, noise strengths and resiz
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 from builtin_runs import PROMPTS, conditions, generate
@@ -29,7 +30,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--source-sweep", action="store_true",
+                    help="re-introduce the run's starting noise instead of fresh noise, at several strengths")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variant", action="append", default=[], metavar="JSON",
+                    help='extra settings to try, e.g. \'{"scales": [1, 0.75, 1]}\' (repeatable)')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     (model,) = load_builtin_model(1.0)
@@ -41,6 +46,18 @@ def main() -> None:
                      if s != DEFAULT_SHIFTS]
         variants += [(f"noise {w}", {"noise": w}) for w in [(1.0, 0.9, 0.7), (1.0, 0.7, 0.5)] if w != DEFAULT_NOISE]
         variants += [(f"resize {m}", {"resize_method": m}) for m in RESIZERS if m != "lanczos"]
+    if args.source_sweep:
+        initial = {"noise_source": "initial"}
+        variants += [("noise source initial", initial)]
+        variants += [(f"noise source initial, noise {w}", {**initial, "noise": w})
+                     for w in [(1.0, 0.9, 0.7), (1.0, 0.7, 0.5), (1.0, 0.6, 0.4)]]
+        variants += [(f"noise source initial, shifts {s}", {**initial, "shifts": s}) for s in [(1.0, 1.0, 1.0)]]
+        variants += [("stop early", {"stop_early": True}), ("stop early, noise source initial",
+                                                             {**initial, "stop_early": True})]
+        variants += [(f"stop early, noise source initial, steps {n}", {**initial, "stop_early": True, "steps": n})
+                     for n in [(12, 8, 8), (14, 4, 10)]]
+    variants += [(", ".join(f"{k} {v}" for k, v in json.loads(text).items()), json.loads(text))
+                 for text in args.variant]
     print(f"built-in model {args.size}px, CFG {args.cfg}, simple schedule, prompts {PROMPTS[:4]} (seed = index), "
           f"base sampler {args.base}, 1 thread\n")
     print("| steps | method | model calls (full + low res) | s/image | speedup vs full | PSNR vs full | "
@@ -53,7 +70,7 @@ def main() -> None:
             info = SamplerInfo("bottleneck", sample_bottleneck, 1, "", {"base": args.base, **options})
             images, seconds = generate(model, info, steps, conds, args.size, args.cfg)
             psnr, ssim, lp = score(images, refs)
-            split = split_steps(steps, 3)
+            split = options.get("steps") or split_steps(steps, 3)
             print(f"| {steps} | bottleneck {label} | {split[0] + split[2]} + {split[1]} | {seconds:.3f} | "
                   f"{full_seconds / seconds:.2f}x | {psnr:.2f} | {ssim:.4f} | {lp:.4f} |", flush=True)
             if label == "defaults":

@@ -10,6 +10,7 @@ from ..samplers.bottleneck import (
     DEFAULT_NOISE,
     DEFAULT_SCALES,
     DEFAULT_SHIFTS,
+    NOISE_SOURCES,
     RESIZERS,
     check_stages,
     sample_bottleneck,
@@ -37,10 +38,13 @@ def _fmt(values) -> str:
 
 
 def bottleneck_info(base_sampler: str, scales: str, noise: str, shifts: str, steps: str,
-                    resize_method: str) -> SamplerInfo:
+                    resize_method: str, noise_source: str = "estimated", stop_early: bool = True) -> SamplerInfo:
     options = {"base": base_sampler, "scales": numbers(scales, "scales"), "noise": numbers(noise, "noise"),
                "shifts": numbers(shifts, "shifts"), "resize_method": resize_method,
-               "steps": numbers(steps, "steps", int) if steps.strip() else None}
+               "steps": numbers(steps, "steps", int) if steps.strip() else None,
+               "noise_source": noise_source, "stop_early": bool(stop_early)}
+    if noise_source not in NOISE_SOURCES:
+        raise NodeInputError(f"unknown noise source {noise_source!r}; choose one of {', '.join(NOISE_SOURCES)}")
     try:
         check_stages(options["scales"], options["noise"], options["shifts"], options["steps"], resize_method)
     except ValueError as exc:
@@ -99,7 +103,13 @@ NODES: tuple[NodeSpec, ...] = (
                     tooltip="Timestep shift per stage, on top of the model's own (1 = unchanged)."),
               Param("steps", "STRING", "", tooltip="Steps per stage, e.g. '6, 20, 8'; empty = split the SIGMAS."),
               Param("resize_method", "COMBO", "lanczos", choices=lambda: list(RESIZERS),
-                    tooltip="How the clean estimate is resized between stages.")),
+                    tooltip="How the clean estimate is resized between stages."),
+              Param("noise_source", "COMBO", "estimated", choices=lambda: list(NOISE_SOURCES),
+                    tooltip="Noise put back at a stage change: estimated = the noise the trajectory holds (closest "
+                            "to the full-cost image), initial = the run's starting noise, fresh = new seeded noise."),
+              Param("stop_early", "BOOLEAN", True,
+                    tooltip="On: a stage stops at the next stage's noise level and hands over its clean estimate "
+                            "(the authors' method figure). Off: every stage runs to the end of the schedule.")),
              (Output("SAMPLER", "SAMPLER"),), bottleneck_sampler, comfy_fn=comfy_bottleneck_sampler),
     NodeSpec("TurboSampleDualFastSampler", "TurboSample DualFast", CATEGORY,
              "DualFast (arXiv 2506.13058): mixes the model output with the previous step's, "

@@ -9,17 +9,26 @@ family is read from the model's model_sampling (ComfyUI or ours); without one, s
 
 Stage schedule (``stage_sigmas``): the incoming ``sigmas`` (any scheduler, the model's own shift) is read
 as a curve over its steps in the flow-equivalent time ``t`` (flow: t = sigma; EPS/V: t = sigma / (1 + sigma),
-exact because x0 + sigma eps divided by 1 + sigma is (1 - t) x0 + t eps). Stage k takes ``steps[k]`` steps
-over the last ``noise[k]`` of it (diffusers-img2img "strength" semantics: strength w starts (1 - w) of the
-way into the schedule, linear in t between the incoming steps) and re-shifts them with
+exact because x0 + sigma eps divided by 1 + sigma is (1 - t) x0 + t eps). Stage k starts ``noise[k]`` of the
+way before the schedule's end (diffusers-img2img "strength" semantics: strength w starts (1 - w) of the way
+into the schedule, linear in t between the incoming steps), takes ``steps[k]`` steps and re-shifts them with
 ``t' = t_max time_snr_shift(shifts[k], t / t_max)``, t_max = t(sigmas[0]). For flow t_max = 1: SD3's shift;
 for EPS/V it keeps sigma_max and 0 fixed (the model's trained range) and is sigma' ~ shift * sigma at low
 noise (the unnormalised flow shift is exactly sigma' = shift * sigma in EPS sigmas, but would leave the range).
 Shifts compose multiplicatively, so the paper's absolute FLUX shifts [9, 6, 9] over FLUX's base shift 3 are
-relative shifts [3, 2, 3] here. Every stage ends where the incoming schedule ends (sigma 0: the stage output
-is its own x0 estimate); the next stage re-noises it at its first sigma ``s`` as ComfyUI's noise_scaling
-does below sigma_max: ``(1 - s) x0 + s eps`` (flow), ``x0 + s eps`` (EPS/V; ComfyUI's sqrt(1 + s^2) pure-
-noise scaling only applies to the run's first sigma).
+relative shifts [3, 2, 3] here.
+
+Stage hand-over (defaults ``stop_early=True``, ``noise_source="estimated"``): a stage ends where the next
+one starts (``noise[k + 1]``), as the authors' method figure draws it; its last x0 estimate is resized and
+re-noised at the next stage's first sigma ``s`` as ``a(s) x0 + s eps`` (a = 1 - s for flow, 1 for EPS/V).
+``eps`` is the noise the stage's last model call implies, (x - a(sigma) x0) / sigma, carried to the new size
+by ``resized_noise`` (area-pooled with unit variance going down; going up, its block means plus the
+block-mean-free part of the run's starting noise, so it stays white). At one size this re-noising is exact
+for Euler, so stages on the incoming steps join into plain Euler (tested). ``stop_early=False`` runs every
+stage to the schedule's end; ``noise_source="fresh"`` re-introduces new seeded noise (ComfyUI's
+noise_scaling below sigma_max), ``"initial"`` the run's starting noise. Fresh noise with stages run to the
+end was our first reading; it lands far from the full-cost image (about 15 dB against 25 dB for the
+defaults at 28 steps, bench/RESULTS.md).
 
 Stage sizes: every stage's latent sides must be whole multiples of the model's size factor: a DiT's patch
 size (Flux / SD3: 2, built-in: 4), a UNet's 2 ** (number of downsamples) = 2 ** (len(channel_mult) - 1)
@@ -37,9 +46,8 @@ What was verified, and where (2026-11):
   stages (high-res for semantics, low-res for efficiency, high-res to restore detail), no algorithm detail.
   Its method figure (static/images/method.png = method.pdf) draws one timeline 999 -> T1 | T2 -> T3 | T4
   -> T0: stage 1 runs 999 -> T1, then "Stage Change" at T1, "Noise Re-introducing" T1 -> T2 and "Noise
-  Re-shifting" at T2; stage 2 runs T2 -> T3; stage 3 runs T4 -> T0, with T1 > T2 > T3 > T4 drawn in order.
-  At face value stages 1 and 2 stop at an intermediate level (T1, T3), not at 0 as here; the figure gives
-  no numbers for T1 / T3, so this is recorded, not implemented.
+  Re-shifting" at T2; stage 2 runs T2 -> T3; stage 3 runs T4 -> T0. Stages 1 and 2 therefore stop at an
+  intermediate level; the figure gives no numbers, so here a stage stops where the next starts (T1 = T2).
 * Secondary (the RALU paper, Region-Adaptive Latent Upsampling, a copy in the GitHub index; its
   related work and appendix B.2): Bottleneck Sampling makes two resolution changes with Lanczos
   resampling, "noise reintroduction, which resets the SNR at each resolution change" and per-stage
@@ -50,11 +58,11 @@ What was verified, and where (2026-11):
   "bottleneck-sampling" / "tyfeld" (only the project page), ``find_string`` "Bottleneck-Sampling",
   "bottleneck_sampling", "2503.18940" (link lists, citing papers, a third-party Pruna schedule
   ``ResamplingSchedule(1.0, 0.1, scale, fraction)``), search of arxiv.org/html/2503.18940v2, sciencestack,
-  deep-diver reviews (excerpts end at the introduction). Hence the two open points stay our reading:
-  (1) where a stage ends: here at the schedule's end (each stage a complete SDEdit-like pass; the paper's
-  tables fit it, the project figure suggests otherwise, see above); (2) what "strength" means: here the
-  fraction of the incoming schedule a stage covers (sliced, then re-shifted), as in diffusers' img2img
-  pipelines (the FLUX reference code base). Other readings are not implemented.
+  deep-diver reviews (excerpts end at the introduction); again 2026-11-23 (third session): no new source.
+  Hence these stay our reading: where a stage ends (the figure's intermediate level, taken as the next
+  stage's start); what "strength" means (the fraction of the incoming schedule a stage covers, sliced, then
+  re-shifted, as in diffusers' img2img pipelines, the FLUX reference code base); which noise is put back
+  (the paper says only "noise re-introduction"; the trajectory's own estimate is our measured choice).
   The paper has no UNet / EPS setting: the EPS/V mapping above is ours, and the defaults were tuned on
   the built-in flow model only (shifts 1, 1, 1 keep an EPS model's own schedule in every stage).
 
@@ -84,6 +92,7 @@ from .noise import seeded_noise
 from .sampling_utils import signal_scale, split_extra_args
 
 RESIZERS = ("lanczos", "bicubic", "bilinear", "nearest", "area")
+NOISE_SOURCES = ("fresh", "initial", "estimated")
 DEFAULT_SCALES = (1.0, 0.5, 1.0)
 DEFAULT_NOISE = (1.0, 0.8, 0.6)
 DEFAULT_SHIFTS = (3.0, 2.0, 3.0)
@@ -120,8 +129,10 @@ def sigma_of_flow_time(t: torch.Tensor, flow: bool) -> torch.Tensor:
     return t if flow else t / (1 - t)
 
 
-def stage_sigmas(sigmas: torch.Tensor, strength: float, steps: int, shift: float, flow: bool = True) -> torch.Tensor:
-    """``steps`` steps over the last ``strength`` of ``sigmas`` (linear in its step index), then re-shifted.
+def stage_sigmas(sigmas: torch.Tensor, strength: float, steps: int, shift: float, flow: bool = True,
+                 end: float = 0.0) -> torch.Tensor:
+    """``steps`` steps over ``sigmas`` from ``strength`` of the way before its end to ``end`` before it (linear in
+    its step index; ``end`` 0 runs to the end), then re-shifted.
 
     Works on the flow-equivalent time (see the module docstring); the shift keeps ``sigmas[0]`` and 0 fixed.
     With strength 1, steps = len(sigmas) - 1 and shift 1 this returns ``sigmas``.
@@ -129,8 +140,8 @@ def stage_sigmas(sigmas: torch.Tensor, strength: float, steps: int, shift: float
     n = len(sigmas) - 1
     base = flow_time(sigmas.detach().double().cpu(), flow)
     top = 1.0 if flow else float(base[0])
-    start = n * (1.0 - strength)
-    pos = start + torch.arange(steps + 1, dtype=torch.float64) * ((n - start) / steps)
+    start, stop = n * (1.0 - strength), n * (1.0 - end)
+    pos = start + torch.arange(steps + 1, dtype=torch.float64) * ((stop - start) / steps)
     pos = pos.clamp(0, n)
     lo = pos.floor().long().clamp(max=n - 1)
     frac = pos - lo
@@ -156,6 +167,7 @@ def resize(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
     shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
     return F.interpolate(x, size=size, mode=method, align_corners=False if smooth else None,
                          antialias=smooth and shrinking)
+
 
 
 def _spatial(size) -> int | None:
@@ -237,6 +249,25 @@ def check_stages(scales: Sequence[float], noise: Sequence[float], shifts: Sequen
         raise ValueError(f"unknown resize method {resize_method!r}; choose one of {', '.join(RESIZERS)}")
 
 
+def resized_noise(eps: torch.Tensor, size: tuple[int, int], detail: torch.Tensor | None = None) -> torch.Tensor:
+    """Unit-variance noise of ``size`` carrying ``eps``'s content.
+
+    Shrinking: area-pooled and rescaled by sqrt(pool area) (exact for whole-number factors: the mean of k iid unit
+    normals has variance 1/k). Growing: each block gets the coarse value / sqrt(block area) plus the block-mean-free
+    part of ``detail`` (white unit noise of ``size``), so the result is white again and area-pools back to ``eps``.
+    """
+    if tuple(eps.shape[-2:]) == tuple(size):
+        return eps
+    gain = math.sqrt(eps.shape[-2] * eps.shape[-1] / (size[0] * size[1]))
+    if size[0] <= eps.shape[-2] and size[1] <= eps.shape[-1]:
+        return F.interpolate(eps, size=size, mode="area") * gain
+    if detail is None or tuple(detail.shape[-2:]) != tuple(size):
+        raise ValueError(f"growing noise to {tuple(size)} needs detail noise of that size")
+    coarse = tuple(eps.shape[-2:])
+    detail_mean = F.interpolate(F.interpolate(detail, size=coarse, mode="area"), size=size, mode="nearest")
+    return F.interpolate(eps, size=size, mode="nearest") * gain + (detail - detail_mean)
+
+
 def renoise_seed(x: torch.Tensor, extra_args: dict, seed: int | None) -> int:
     """ComfyUI's run seed when given, else one derived from the starting noise (same noise -> same seed)."""
     if seed is not None:
@@ -252,13 +283,23 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
                       scales: Sequence[float] = DEFAULT_SCALES, noise: Sequence[float] = DEFAULT_NOISE,
                       shifts: Sequence[float] = DEFAULT_SHIFTS, steps: Sequence[int] | None = None,
                       resize_method: str = "lanczos", multiple: int | None = None, seed: int | None = None,
-                      **base_options) -> torch.Tensor:
-    """Multi-stage sampling; ``base`` is a registry sampler name or a sampler function run per stage."""
+                      noise_source: str = "estimated", stop_early: bool = True, **base_options) -> torch.Tensor:
+    """Multi-stage sampling; ``base`` is a registry sampler name or a sampler function run per stage.
+
+    ``noise_source`` picks the noise re-introduced between stages: "estimated" (default: the noise the last model
+    call implies, (x - a(sigma) x0) / sigma, resized with ``resized_noise``), "initial" (the run's starting noise,
+    resized the same way) or "fresh" (new seeded noise per stage). ``stop_early`` (default) ends every stage but
+    the last at the next stage's starting noise level and hands over its last x0 estimate (the project page's
+    method figure); False runs each stage to sigma 0. With both defaults, scales 1 and shifts 1 and stages on
+    the incoming steps, Euler's stages join into plain Euler (a test checks this).
+    """
     from .dualfast import resolve_sampler
 
     extra_args = dict(extra_args or {})
     scales, noise, shifts = [float(s) for s in scales], [float(w) for w in noise], [float(s) for s in shifts]
     check_stages(scales, noise, shifts, steps, resize_method)
+    if noise_source not in NOISE_SOURCES:
+        raise ValueError(f"unknown noise source {noise_source!r}; choose one of {', '.join(NOISE_SOURCES)}")
     if x.ndim != 4:
         raise ValueError(f"bottleneck sampling needs image latents (B, C, H, W), got shape {tuple(x.shape)}")
     ms, _ = split_extra_args(model, extra_args)
@@ -280,19 +321,28 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     sizes = [stage_size(height, width, s, multiple, k, what, scales) for k, s in enumerate(scales)]
     counts = [int(n) for n in steps] if steps is not None else split_steps(len(sigmas) - 1, len(scales))
     noise_seed = renoise_seed(x, extra_args, seed)
+    start_noise = x / (1.0 if flow else float(sigmas[0]))  # the run's noise: x at t = 1 (flow) or x / sigma_max
     progress = {"done": 0, "denoised": None}
 
     def stage_callback(info: dict) -> None:
         progress["denoised"] = info["denoised"]
+        sigma = torch.as_tensor(info["sigma"], dtype=x.dtype, device=x.device).reshape(-1)[0]
+        progress["eps"] = (info["x"] - signal_scale(sigma, flow) * info["denoised"]) / sigma
         if callback is not None:
             callback({**info, "i": info["i"] + progress["done"]})
 
     for k, (size, w, shift, n) in enumerate(zip(sizes, noise, shifts, counts, strict=True)):
-        stage = stage_sigmas(sigmas, w, n, shift, flow)
-        if k > 0:  # the last stage ended at sigma 0 (x is its x0) or, on a truncated schedule, use its x0 estimate
-            x0 = x if float(sigmas[-1]) == 0.0 else progress["denoised"]
+        end = noise[k + 1] if stop_early and k + 1 < len(noise) else 0.0
+        stage = stage_sigmas(sigmas, w, n, shift, flow, end)
+        if k > 0:  # the last stage ended at sigma 0 (x is its x0), else (stopped early, truncated) its x0 estimate
+            x0 = x if float(sigmas[-1]) == 0.0 and not stop_early else progress["denoised"]
             x0 = resize(x0, size, resize_method)
-            eps = seeded_noise(noise_seed + k, tuple(x0.shape), device=x0.device, dtype=x0.dtype)
+            if noise_source == "fresh":
+                eps = seeded_noise(noise_seed + k, tuple(x0.shape), device=x0.device, dtype=x0.dtype)
+            else:
+                detail = resized_noise(start_noise, size) if tuple(size) == tuple(start_noise.shape[-2:]) else \
+                    seeded_noise(noise_seed + k, (*x0.shape[:-2], *size), device=x0.device, dtype=x0.dtype)
+                eps = resized_noise(start_noise if noise_source == "initial" else progress["eps"], size, detail)
             x = signal_scale(stage[0], flow) * x0 + stage[0] * eps
         x = fn(model, x, stage, extra_args=extra_args, callback=stage_callback, disable=disable,
                **{**options, **base_options})

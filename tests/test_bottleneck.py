@@ -15,6 +15,7 @@ from turbosample.samplers.bottleneck import (
     allowed_multiple,
     model_size_factor,
     resize,
+    resized_noise,
     sample_bottleneck,
     split_steps,
     stage_sigmas,
@@ -112,15 +113,20 @@ def test_the_clean_estimate_carries_across_stages():
     assert torch.allclose(out, target, atol=1e-5)
 
 
-def test_renoise_is_seeded():
+def test_fresh_renoise_is_seeded_and_the_default_is_deterministic():
     def toy(x, sigma, **_):
         return torch.tanh(x) * (1 - sigma.reshape(-1, 1, 1, 1))
 
     x = seeded_noise(4, (1, 3, 16, 16))
-    a = sample_bottleneck(toy, x.clone(), SIGMAS, seed=1)
-    assert torch.equal(a, sample_bottleneck(toy, x.clone(), SIGMAS, seed=1))
-    assert not torch.allclose(a, sample_bottleneck(toy, x.clone(), SIGMAS, seed=2))
-    assert torch.equal(sample_bottleneck(toy, x.clone(), SIGMAS), sample_bottleneck(toy, x.clone(), SIGMAS))
+    fresh = {"noise_source": "fresh"}
+    a = sample_bottleneck(toy, x.clone(), SIGMAS, seed=1, **fresh)
+    assert torch.equal(a, sample_bottleneck(toy, x.clone(), SIGMAS, seed=1, **fresh))
+    assert not torch.allclose(a, sample_bottleneck(toy, x.clone(), SIGMAS, seed=2, **fresh))
+    assert torch.equal(sample_bottleneck(toy, x.clone(), SIGMAS, **fresh),
+                       sample_bottleneck(toy, x.clone(), SIGMAS, **fresh))
+    # estimated noise (default): the low-res -> full-res detail comes from the starting noise, not a seed
+    assert torch.equal(sample_bottleneck(toy, x.clone(), SIGMAS, seed=1), sample_bottleneck(toy, x.clone(), SIGMAS,
+                                                                                          seed=2))
 
 
 def never_called(x, sigma, **_):
@@ -267,7 +273,8 @@ def test_eps_stages_at_full_scale_compose_base_runs_with_variance_exploding_reno
     model = GaussianVE()
     x = seeded_noise(5, (1, 4, 16, 16)) * float(KARRAS[0])
     plan = {"scales": [1.0, 1.0, 1.0], "noise": [1.0, 0.7, 0.4], "shifts": [2.0, 1.0, 3.0], "steps": [4, 5, 3]}
-    out = sample_bottleneck(model.denoise, x.clone(), KARRAS, {"seed": 7}, **plan)  # EPS from sigmas[0] > 1
+    out = sample_bottleneck(model.denoise, x.clone(), KARRAS, {"seed": 7}, noise_source="fresh", stop_early=False,
+                            **plan)  # EPS from sigmas[0] > 1
     euler = SAMPLERS["euler"].fn
     y = x.clone()
     for k in range(3):
@@ -290,7 +297,7 @@ def test_eps_bottleneck_keeps_the_gaussian_statistics_through_the_resize():
         return out
 
     plan = {"scales": [1.0, 0.5, 1.0], "noise": [1.0, 0.45, 0.3], "shifts": [3.0, 1.0, 1.2],
-            "steps": [4, 4, 4], "resize_method": "area"}
+            "steps": [4, 4, 4], "resize_method": "area", "noise_source": "fresh", "stop_early": False}
     x = seeded_noise(100, (1, 4, 96, 96)) * float(KARRAS[0])  # not a re-noise seed (1 + k)
     seen = []
     out = sample_bottleneck(model.denoise, x, KARRAS, {"model_sampling": EPS, "seed": 1}, base=exact,
@@ -351,3 +358,65 @@ def test_unet_sizes_must_divide_by_its_downsampling_factor():
             except ValueError:
                 ok = False
             assert ok == (side % step == 0), (scales, factor, side)
+
+
+# --- stages handing over at the next stage's noise level (defaults) -------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["flow", "eps"])
+def test_stopped_early_stages_with_estimated_noise_join_into_the_base_sampler(family):
+    # scales and shifts 1, stage bounds on the incoming steps: each hand-over re-noises the last x0 estimate with
+    # the noise it implies, which for Euler is exactly the state at the next sigma, so the stages are plain Euler
+    if family == "flow":
+        sigmas, args, x = SIGMAS, {}, seeded_noise(3, (1, 3, 16, 16))
+
+        def model(x, sigma, **_):
+            return torch.tanh(x) * (1 - sigma.reshape(-1, 1, 1, 1))
+    else:
+        gauss = GaussianVE(mean=0.2, std=0.6)
+        sigmas, args, x = KARRAS, {"model_sampling": EPS}, seeded_noise(3, (1, 3, 16, 16)) * float(KARRAS[0])
+        model = gauss.denoise
+    n = len(sigmas) - 1
+    plan = {"scales": [1.0, 1.0, 1.0], "noise": [1.0, 0.75, 0.25], "shifts": [1.0, 1.0, 1.0],
+            "steps": [n // 4, n // 2, n // 4]}
+    expected = SAMPLERS["euler"].fn(model, x.clone(), sigmas, extra_args=dict(args), callback=None, disable=True)
+    out = sample_bottleneck(model, x.clone(), sigmas, dict(args), **plan)
+    assert torch.allclose(out, expected, rtol=0, atol=1e-5)
+    fresh = sample_bottleneck(model, x.clone(), sigmas, dict(args), noise_source="fresh", **plan)
+    assert not torch.allclose(fresh, expected, atol=1e-3)  # the check can see a re-noise that is not consistent
+
+
+def test_resized_noise_stays_white_with_unit_variance_and_pools_back_to_the_coarse_noise():
+    fine = seeded_noise(1, (2, 4, 128, 128))
+    coarse = resized_noise(fine, (64, 64))
+    assert torch.allclose(coarse, F.avg_pool2d(fine, 2) * 2, atol=1e-6)  # exact mean of 4, times sqrt(4)
+    assert float(coarse.std()) == pytest.approx(1.0, abs=0.02)
+    detail = seeded_noise(2, (2, 4, 128, 128))
+    grown = resized_noise(coarse, (128, 128), detail)
+    assert torch.allclose(F.avg_pool2d(grown, 2) * 2, coarse, atol=1e-5)  # carries the coarse noise
+    assert float(grown.std()) == pytest.approx(1.0, abs=0.02)
+    neighbours = float((grown[..., :, 1:] * grown[..., :, :-1]).mean())  # nearest-copied noise would give ~0.5
+    assert abs(neighbours) < 0.02
+    with pytest.raises(ValueError, match="detail noise"):
+        resized_noise(coarse, (128, 128))
+
+
+def test_initial_noise_source_re_noises_full_resolution_stages_with_the_starting_noise():
+    target = seeded_noise(2, (1, 3, 16, 16))
+    seen = []
+
+    def constant(x, sigma, **_):
+        seen.append((x.clone(), float(sigma.reshape(-1)[0])))
+        return resize(target, tuple(x.shape[-2:]), "area")
+
+    x = seeded_noise(9, (1, 3, 16, 16))
+    sample_bottleneck(constant, x.clone(), SIGMAS, noise_source="initial", scales=[1.0, 0.5, 1.0],
+                      steps=[2, 2, 2], resize_method="area")
+    x_in, s = seen[4]  # first call of the last (full-resolution) stage: the low-res x0 grown, plus the start noise
+    x0 = resize(resize(target, (8, 8), "area"), (16, 16), "area")
+    assert torch.allclose(x_in, (1 - s) * x0 + s * x, atol=1e-5)
+
+
+def test_unknown_noise_source_is_refused():
+    with pytest.raises(ValueError, match="noise source"):
+        sample_bottleneck(lambda x, sigma, **_: x, torch.zeros(1, 3, 16, 16), SIGMAS, noise_source="pink")
