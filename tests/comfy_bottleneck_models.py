@@ -91,8 +91,10 @@ def run(model, cond: list, size: tuple[int, int], channels: int, scheduler: str,
     samples = out["samples"]
     options = sampler.extra_options
     flow = is_flow(ms)
-    planned = [stage_sigmas(sigmas, w, n, s, flow)[:-1].tolist()
-               for w, n, s in zip(options["noise"], options["steps"], options["shifts"], strict=True)]
+    noise = options["noise"]
+    ends = [*noise[1:], 0.0] if options.get("stop_early", True) else [0.0] * len(noise)  # the sampler's default
+    planned = [stage_sigmas(sigmas, w, n, s, flow, end)[:-1].tolist()
+               for w, n, s, end in zip(noise, options["steps"], options["shifts"], ends, strict=True)]
     return {"shape": list(samples.shape), "finite": bool(torch.isfinite(samples).all()), "flow": flow,
             "seen": seen, "planned": planned, "sigma_max": float(sigmas[0])}
 
