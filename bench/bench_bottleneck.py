@@ -5,8 +5,9 @@
 Fixed prompts and seeds. The full-cost reference is the base sampler at full resolution with --steps steps;
 Bottleneck Sampling uses the same step budget (split 6 : 20 : 8 as in the paper). The equal-time baseline
 is the base sampler with its steps scaled by the measured time ratio. Wall times are measured in this run,
-per image, one thread. Quality: paired PSNR/SSIM (skimage) to the reference; LPIPS is not reported (no LPIPS
-weights offline). ``--sweep`` also tries other shifts, noise strengths and resizers (used to pick defaults).
+per image, one thread. Quality: paired PSNR/SSIM (skimage) and LPIPS (bench/metrics.py; None without its
+weights) to the reference. ``--sweep`` also tries other shifts, noise strengths, resizers, scales and hand-over
+rules (used to pick defaults); ``--variant JSON`` adds any other settings.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from builtin_runs import PROMPTS, conditions, generate
 from metrics import score
 
 from turbosample.nodes.builtin_nodes import load_builtin_model
-from turbosample.samplers.bottleneck import DEFAULT_NOISE, DEFAULT_SHIFTS, RESIZERS, sample_bottleneck, split_steps
+from turbosample.samplers.bottleneck import NOISE_SOURCES, RESIZERS, sample_bottleneck, split_steps
 from turbosample.samplers.registry import SAMPLERS, SamplerInfo
 
 
@@ -30,8 +31,6 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--sweep", action="store_true")
-    ap.add_argument("--source-sweep", action="store_true",
-                    help="re-introduce the run's starting noise instead of fresh noise, at several strengths")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variant", action="append", default=[], metavar="JSON",
                     help='extra settings to try, e.g. \'{"scales": [1, 0.75, 1]}\' (repeatable)')
@@ -42,20 +41,14 @@ def main() -> None:
     base = SAMPLERS[args.base]
     variants = [("defaults", {})]
     if args.sweep:
-        variants += [(f"shifts {s}", {"shifts": s}) for s in [(1.0, 1.0, 1.0), (2.0, 1.5, 2.0), (3.0, 2.0, 3.0)]
-                     if s != DEFAULT_SHIFTS]
-        variants += [(f"noise {w}", {"noise": w}) for w in [(1.0, 0.9, 0.7), (1.0, 0.7, 0.5)] if w != DEFAULT_NOISE]
+        variants += [(f"shifts {s}", {"shifts": s}) for s in [(1.0, 1.0, 1.0), (2.0, 1.5, 2.0)]]
+        variants += [(f"noise {w}", {"noise": w}) for w in [(1.0, 0.9, 0.7), (1.0, 0.7, 0.5), (1.0, 0.6, 0.4)]]
         variants += [(f"resize {m}", {"resize_method": m}) for m in RESIZERS if m != "lanczos"]
-    if args.source_sweep:
-        initial = {"noise_source": "initial"}
-        variants += [("noise source initial", initial)]
-        variants += [(f"noise source initial, noise {w}", {**initial, "noise": w})
-                     for w in [(1.0, 0.9, 0.7), (1.0, 0.7, 0.5), (1.0, 0.6, 0.4)]]
-        variants += [(f"noise source initial, shifts {s}", {**initial, "shifts": s}) for s in [(1.0, 1.0, 1.0)]]
-        variants += [("stop early", {"stop_early": True}), ("stop early, noise source initial",
-                                                             {**initial, "stop_early": True})]
-        variants += [(f"stop early, noise source initial, steps {n}", {**initial, "stop_early": True, "steps": n})
-                     for n in [(12, 8, 8), (14, 4, 10)]]
+        variants += [("scales (1, 0.75, 1)", {"scales": (1.0, 0.75, 1.0)})]
+        variants += [(f"noise source {n}", {"noise_source": n}) for n in NOISE_SOURCES if n != "estimated"]
+        variants += [("stages run to sigma 0", {"stop_early": False}),
+                     ("fresh noise, stages run to sigma 0 (first reading)", {"noise_source": "fresh",
+                                                                             "stop_early": False})]
     variants += [(", ".join(f"{k} {v}" for k, v in json.loads(text).items()), json.loads(text))
                  for text in args.variant]
     print(f"built-in model {args.size}px, CFG {args.cfg}, simple schedule, prompts {PROMPTS[:4]} (seed = index), "

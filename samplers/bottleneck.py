@@ -68,10 +68,10 @@ What was verified, and where (2026-11):
 
 Defaults: the paper's FLUX row scaled to the built-in model (trained at 32 and 64 px; 64 px -> 32 px
 bottleneck), relative shifts [3, 2, 3] as in the paper; step counts default to the paper's 6 : 20 : 8 split
-of the incoming step count. ``bench/bench_bottleneck.py --sweep`` (28 steps, paired PSNR to full-cost
-Euler): shifts [1, 1, 1] 12.9 dB, [2, 1.5, 2] 14.0, [3, 2, 3] 14.8; noise [1, .9, .7] 14.4, [1, .7, .5]
-15.1; the resizers agree within 0.1 dB. Paired fidelity is far below an equal-time Euler run (25-28 dB):
-the re-introduced noise changes details by design; the paper judges quality by CLIP / ImageReward.
+of the incoming step count. ``bench/bench_bottleneck.py --sweep`` (28 steps, paired to full-cost Euler):
+24.6 dB with the defaults; shifts [1, 1, 1] 21.2 dB; noise [1, .7, .5] 25.5 dB; resizers within 0.4 dB;
+starting noise 20.9 dB, fresh noise 15.1 dB, stages run to sigma 0 11.4-14.9 dB. Euler at equal time is
+still closer (27 dB); bench/RESULTS.md has the tables.
 
 Known limits: ComfyUI inpainting masks and image-shaped conditioning (concat latents) cannot follow the
 resolution change (a clear error for masks); in-model accelerators keyed on ``sample_sigmas`` (MagCache)
