@@ -6,6 +6,8 @@ Every row uses the same prompts, seeds, schedule (simple), sampler (euler), CFG 
 (28 steps; another step count calibrates first); the reference is the plain model with the same steps. Rows are
 timed in one process, one after another, after a warm-up. "fewer steps" is the plain model with its step count
 scaled by the row's time ratio (about the same wall time), scored against the same reference.
+``--with-sampler euler_dualfast ...`` adds the loop accelerators on top (plain, MagCache, MagCache -> RAS with
+that sampler); ``--reference-steps`` moves the reference to a longer Euler run (fair to corrected samplers).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="timing rounds (methods alternate; medians)")
+    ap.add_argument("--with-sampler", nargs="*", default=[], metavar="NAME",
+                    help="also run plain, MagCache and MagCache -> RAS with these samplers (e.g. euler_dualfast)")
+    ap.add_argument("--reference-steps", type=int, default=None,
+                    help="Euler steps of the reference (default: --steps, i.e. the plain row itself)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -67,22 +73,34 @@ def main() -> None:
     def ras(m):
         return apply_ras(m, sample_ratio=args.ratio)
 
-    rows = [(f"MagCache δ={args.threshold:g}", mag(model)), (f"RAS {args.ratio:g}", ras(model)),
-            ("MagCache -> RAS (stacked)", ras(mag(model))), ("RAS -> MagCache (stacked)", mag(ras(model)))]
+    rows = [(f"MagCache δ={args.threshold:g}", mag(model), EULER), (f"RAS {args.ratio:g}", ras(model), EULER),
+            ("MagCache -> RAS (stacked)", ras(mag(model)), EULER), ("RAS -> MagCache (stacked)", mag(ras(model)),
+                                                                    EULER)]
+    for name in args.with_sampler:
+        info = SAMPLERS[name]
+        rows += [(f"plain + {name}", model, info), (f"MagCache + {name}", mag(model), info),
+                 (f"MagCache -> RAS + {name}", ras(mag(model)), info)]
     generate(model, EULER, 2, conds[:1], args.size, args.cfg)  # warm-up
-    refs, _ = generate(model, EULER, args.steps, conds, args.size, args.cfg)
-    methods = {"plain": model, **dict(rows)}
-    medians = alternating_medians({name: (lambda m=m: generate(m, EULER, args.steps, conds, args.size, args.cfg))
-                                   for name, m in methods.items()}, args.repeats)
+    refs, _ = generate(model, EULER, args.reference_steps or args.steps, conds, args.size, args.cfg)
+    methods = {"plain": (model, EULER), **{name: (m, info) for name, m, info in rows}}
+    medians = alternating_medians({name: (lambda m=m, info=info: generate(m, info, args.steps, conds, args.size,
+                                                                          args.cfg))
+                                   for name, (m, info) in methods.items()}, args.repeats)
     t_ref = medians["plain"] / len(conds)
+    reference = f"euler {args.reference_steps} steps" if args.reference_steps else "the plain row"
     print(f"built-in model {args.size}x{args.size}, euler {args.steps} steps, CFG {args.cfg}, {len(conds)} images, "
           f"{torch.get_num_threads()} thread(s); times: median of {args.repeats} alternating rounds; "
-          f"plain: {t_ref:.3f} s/image\n")
+          f"plain: {t_ref:.3f} s/image; reference: {reference}\n")
     print("| method | s/img | speedup | PSNR dB | SSIM | LPIPS | fewer steps (same time) | PSNR dB | SSIM | LPIPS |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| plain | {t_ref:.3f} | 1.00x | - | - | - | - | - | - | - |")
-    for name, patched in rows:
-        imgs, _ = generate(patched, EULER, args.steps, conds, args.size, args.cfg)
+    if args.reference_steps:
+        imgs, _ = generate(model, EULER, args.steps, conds, args.size, args.cfg)
+        psnr, ssim, lp = score(imgs, refs)
+        print(f"| plain | {t_ref:.3f} | 1.00x | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | - | - | - | - |")
+    else:
+        print(f"| plain | {t_ref:.3f} | 1.00x | - | - | - | - | - | - | - |")
+    for name, patched, info in rows:
+        imgs, _ = generate(patched, info, args.steps, conds, args.size, args.cfg)
         t = medians[name] / len(conds)
         psnr, ssim, lp = score(imgs, refs)
         few = max(1, round(args.steps * t / t_ref))
