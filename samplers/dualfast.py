@@ -15,7 +15,8 @@ What was verified, and where (2026-11):
 * Paper, abstract and introduction (arXiv HTML v1, stored copy): sampling error = discretization error +
   approximation error of the network; DualFast is training-free, costs no extra model call and plugs into
   DDIM, DPM-Solver, DPM-Solver++ and UniPC; gains are largest at very few steps.
-* NOT verified: the paper's section 4 / Algorithm 1 and official code. Re-checked 2026-11-23 (issue 4):
+* NOT verified: the paper's section 4 / Algorithm 1 and official code. Re-checked 2026-11-23 (issue 4) and
+  again in a third session (same sources, ``find_repos`` / ``find_string`` "DualFast": nothing new):
   what the search tool returns of https://arxiv.org/html/2506.13058v1, arxivlens, themoonlight.io,
   tomesphere (ICLR 2025 reviews) and arxiv.deeppaper.ai ends before the method; no v2 found; GitHub: no
   repository named DualFast (``find_repos``), none under the first author's account ``yuhuUSTC`` (UTEmain,
