@@ -41,14 +41,15 @@ def _write(ems, model, filename: str, cfg: float) -> tuple:
     return (str(save_ems(output_path(ems_dir(), filename, default, ".safetensors"), ems, model_id, cfg=float(cfg))),)
 
 
-def _options(batch: int, grid_points: int, reduce: str) -> dict:
+def _options(grid_points: int, reduce: str, smooth: float, sb_margin: float) -> dict:
     if reduce not in REDUCTIONS:
         raise NodeInputError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
-    return {"grid_points": int(grid_points), "reduce": reduce}
+    return {"grid_points": int(grid_points), "reduce": reduce, "smooth": float(smooth), "sb_margin": float(sb_margin)}
 
 
 def compute_ems(model, positive, negative, latent_image, seed: int, cfg: float, batch: int, grid_points: int,
-                reduce: str, filename: str) -> tuple:
+                reduce: str, filename: str, smooth: float = DEFAULTS["smooth"],
+                sb_margin: float = DEFAULTS["sb_margin"]) -> tuple:
     """Stand-alone: statistics of our DiffusionModel under CFG, written as .safetensors; returns the path."""
     from ..samplers.denoiser import DiffusionModel, cfg_denoiser
     from ..samplers.noise import seeded_noise
@@ -59,14 +60,16 @@ def compute_ems(model, positive, negative, latent_image, seed: int, cfg: float, 
     noise = seeded_noise(seed, (batch, *latent_image["samples"].shape[1:]), device=device)
     denoiser = cfg_denoiser(model, positive, negative, cfg, {"sample_sigmas": None, "run_state": {}})
     try:
-        ems = estimate_ems(denoiser, model.model_sampling, noise, seed=seed, **_options(batch, grid_points, reduce))
+        ems = estimate_ems(denoiser, model.model_sampling, noise, seed=seed,
+                           **_options(grid_points, reduce, smooth, sb_margin))
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
     return _write(ems, model, filename, cfg)
 
 
 def comfy_compute_ems(model, positive, negative, latent_image, seed: int, cfg: float, batch: int, grid_points: int,
-                      reduce: str, filename: str) -> tuple:
+                      reduce: str, filename: str, smooth: float = DEFAULTS["smooth"],
+                      sb_margin: float = DEFAULTS["sb_margin"]) -> tuple:
     """ComfyUI: the estimate runs inside ComfyUI's CFG guider on ComfyUI's noise for this seed."""
     import comfy.sample
     import comfy.samplers
@@ -78,7 +81,7 @@ def comfy_compute_ems(model, positive, negative, latent_image, seed: int, cfg: f
 
     def estimate(model_fn, x, sigmas, extra_args=None, callback=None, disable=None):
         found["ems"] = estimate_ems(model_fn, ms, noise.to(x), extra_args=extra_args, seed=seed,
-                                    **_options(batch, grid_points, reduce))
+                                    **_options(grid_points, reduce, smooth, sb_margin))
         return x
 
     guider = comfy.samplers.CFGGuider(model)
@@ -131,7 +134,12 @@ NODES: tuple[NodeSpec, ...] = (
               Param("grid_points", "INT", DEFAULTS["grid_points"], 8, 512, tooltip="Lambdas of the statistics grid."),
               Param("reduce", "COMBO", DEFAULTS["reduce"], choices=lambda: list(REDUCTIONS),
                     tooltip="channel: one value per channel (any resolution); element: per pixel (same size only)."),
-              Param("filename", "STRING", "", tooltip="File name in the EMS folder; empty = derived from the model.")),
+              Param("filename", "STRING", "", tooltip="File name in the EMS folder; empty = derived from the model."),
+              Param("smooth", "FLOAT", DEFAULTS["smooth"], 0.0, 5.0, 0.05,
+                    tooltip="Width (in log-SNR) of the smoothing of l; 0 = the raw estimate."),
+              Param("sb_margin", "FLOAT", DEFAULTS["sb_margin"], 0.0, 10.0, 0.1,
+                    tooltip="s and b stay 0 within this log-SNR distance of the noisiest end; 0 = estimate them "
+                            "everywhere.")),
              (Output("ems", "STRING"),), compute_ems, comfy_fn=comfy_compute_ems, output_node=True),
     NodeSpec("TurboSampleDPMSolverV3Sampler", "TurboSample DPM-Solver-v3", CATEGORY,
              "DPM-Solver-v3 multistep predictor-corrector (one model call per step) with the statistics of a "

@@ -211,6 +211,24 @@ def test_dc_solver_calibrates_inside_comfyui_and_its_sampler_runs_on_the_file(co
     assert written and len(json.loads(written[0].read_text())["ratios"]) == 5
 
 
+def test_dpm_solver_v3_statistics_are_estimated_inside_comfyui_and_its_sampler_runs_on_the_file(comfy):
+    url, base = comfy
+    prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
+    prompt["4"]["inputs"].update(width=32, height=32)
+    prompt["6"]["inputs"].update(steps=5, scheduler="simple")
+    prompt["10"] = {"class_type": "TurboSampleDPMSolverV3EMS", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 3,
+        "cfg": 4.0, "batch": 1, "grid_points": 8, "reduce": "channel", "filename": "acceptance_ems",
+        "smooth": 0.25, "sb_margin": 0.5}}
+    prompt["5"] = {"class_type": "TurboSampleDPMSolverV3Sampler", "inputs": {
+        "model": ["1", 0], "ems": ["10", 0], "order": 2, "use_corrector": True, "half": False}}
+    assert saved_images(base, run_prompt(url, prompt))
+    from turbosample.samplers.ems import load_ems
+
+    written = list(base.rglob("acceptance_ems.safetensors"))
+    assert written and load_ems(written[0]).meta["smooth"] == 0.25 and load_ems(written[0]).meta["sb_margin"] == 0.5
+
+
 @pytest.mark.parametrize("node, inputs", [
     ("TurboSampleTimeShiftSampler", {"base_sampler": "euler_ancestral", "window": 30, "cutoff": 300}),
     ("TurboSampleDualFastSampler", {"base_sampler": "dpmpp_2m_sde", "coefficient": 0.3, "schedule": "constant"}),

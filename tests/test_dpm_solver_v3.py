@@ -219,7 +219,7 @@ def test_nodes_compute_a_file_for_the_model_and_refuse_it_for_other_weights(tmp_
     latent = {"samples": torch.zeros(1, 3, 8, 8)}
     (path,) = NODE_BY_ID["TurboSampleDPMSolverV3EMS"].run(
         model=model, positive=pos, negative=neg, latent_image=latent, seed=0, cfg=2.0, batch=1, grid_points=8,
-        reduce="channel", filename="apple")
+        reduce="channel", filename="apple", smooth=0.5, sb_margin=1.0)
     assert path.endswith("apple.safetensors")
     node = NODE_BY_ID["TurboSampleDPMSolverV3Sampler"]
     (info,) = node.run(model=model, ems="apple", order=2, use_corrector=True, half=False)
@@ -231,3 +231,28 @@ def test_nodes_compute_a_file_for_the_model_and_refuse_it_for_other_weights(tmp_
         node.run(model=other_net, ems="apple", order=2, use_corrector=True, half=False)
     with pytest.raises(NodeInputError, match="give the .safetensors path"):
         node.run(model=model, ems=" ", order=2, use_corrector=True, half=False)
+
+
+def test_ems_node_passes_smooth_and_sb_margin_into_the_estimate_and_the_file(tmp_path, monkeypatch):
+    from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+    from turbosample.nodes.registry import NODE_BY_ID
+    from turbosample.samplers.ems import DEFAULTS, load_ems
+
+    monkeypatch.setenv("TURBOSAMPLE_EMS_DIR", str(tmp_path))
+    (model,) = load_builtin_model(1.0)
+    (pos,), (neg,) = encode_text("rocket"), encode_text("")
+    node = NODE_BY_ID["TurboSampleDPMSolverV3EMS"]
+    common = dict(model=model, positive=pos, negative=neg, latent_image={"samples": torch.zeros(1, 3, 8, 8)}, seed=0,
+                  cfg=2.0, batch=1, grid_points=8, reduce="channel")
+    widgets = node.defaults()
+    default = load_ems(node.run(**common, filename="default", smooth=widgets["smooth"],
+                                sb_margin=widgets["sb_margin"])[0])
+    explicit = load_ems(node.run(**common, filename="explicit", smooth=DEFAULTS["smooth"],
+                                 sb_margin=DEFAULTS["sb_margin"])[0])
+    raw = load_ems(node.run(**common, filename="raw", smooth=0.0, sb_margin=0.0)[0])
+    assert default.meta["smooth"] == 0.5 and default.meta["sb_margin"] == 1.0
+    assert raw.meta["smooth"] == 0.0 and raw.meta["sb_margin"] == 0.0
+    for name in ("ell", "s", "b"):
+        assert torch.equal(getattr(default, name), getattr(explicit, name))
+    assert not torch.allclose(default.ell, raw.ell)  # smoothing changed l
+    assert (default.s[0] == 0).all() and not (raw.s[0] == 0).all()  # the margin zeroes s at the noisy end
