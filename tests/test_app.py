@@ -92,3 +92,22 @@ def test_two_users_at_once_get_their_own_results(url):
     run(11)  # the same seed alone gives the same image: nothing leaked between the two runs
     assert Image.open(Client(url, verbose=False).predict(*values(seed=11), api_name="/generate")[3]).tobytes() \
         == results[11]
+
+
+def test_cfg_pp_samplers_get_their_own_guidance_scale_and_leaving_them_restores_the_default():
+    from turbosample.web.app import CFG_PP_CFG, cfg_for_sampler
+
+    assert cfg_for_sampler("dpmpp_2m_cfg_pp", "euler", 4.0, 4.0)[0] == CFG_PP_CFG == 1.0
+    assert "lambda" in cfg_for_sampler("dpmpp_2m_cfg_pp", "euler", 4.0, 4.0)[1]
+    assert cfg_for_sampler("euler", "dpmpp_2m_cfg_pp", 1.0, 4.0)[0] == 4.0  # back to the default
+    assert cfg_for_sampler("dpmpp_2m_cfg_pp", "euler", 6.5, 4.0)[0] == 6.5  # the user's own value is kept
+    assert cfg_for_sampler("euler", "dpmpp_2m_cfg_pp", 1.5, 4.0)[0] == 1.5
+    assert cfg_for_sampler("heun", "euler", 1.0, 4.0)[0] == 1.0  # not a CFG++ change: nothing moves
+
+
+def test_picking_a_cfg_pp_sampler_in_the_app_sets_cfg_to_one(url):
+    client = Client(url, verbose=False)  # one session: the app remembers the previous sampler per session
+    picked = client.predict("euler_cfg_pp", 4.0, api_name="/sampler_changed")  # a gr.update: value and info
+    assert picked["value"] == 1.0 and "lambda" in picked["info"]
+    assert client.predict("euler", 1.0, api_name="/sampler_changed")["value"] == 4.0
+    assert client.predict("heun", 1.0, api_name="/sampler_changed")["value"] == 1.0

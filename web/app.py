@@ -29,6 +29,24 @@ ORDER = ("prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height",
 ACCELERATORS = ("magcache_threshold", "ras_ratio", "loop_accelerator", "dualfast_coefficient", "flowturbo_schedule",
                 "attention")
 PREVIEW_EVERY = 1
+CFG_PP_CFG = 1.0  # CFG++ samplers read cfg as the paper's lambda (0.5-2); 1 is a safe start
+CFG_PP_INFO = ("CFG++ sampler: cfg is the paper's guidance lambda (0.5-2, set to 1 for you); the usual 4-8 "
+               "over-saturates.")
+
+
+def is_cfg_pp(sampler: str) -> bool:
+    return sampler.endswith("_cfg_pp")
+
+
+def cfg_for_sampler(sampler: str, previous: str, cfg: float, default_cfg: float) -> tuple[float, str | None]:
+    """(cfg, info) after the sampler changes from ``previous``: a CFG++ sampler turns the untouched default cfg
+    into ``CFG_PP_CFG``; leaving CFG++ with cfg still at ``CFG_PP_CFG`` restores the default. Values the user
+    set themselves are kept."""
+    if is_cfg_pp(sampler) and not is_cfg_pp(previous) and cfg == default_cfg:
+        return CFG_PP_CFG, CFG_PP_INFO
+    if is_cfg_pp(previous) and not is_cfg_pp(sampler) and cfg == CFG_PP_CFG:
+        return default_cfg, HELP.get("cfg")
+    return cfg, CFG_PP_INFO if is_cfg_pp(sampler) else HELP.get("cfg")
 
 
 def make_component(gr, setting: str, p: Param, value):
@@ -244,6 +262,14 @@ def build_demo():
             control.change(schedule_preview, plot_inputs, schedule, api_name=False, queue=False)
         compare_btn.click(lambda *v: compare_with_baseline(list(v)), inputs, compare_out, api_name="compare",
                           concurrency_limit=1, concurrency_id="sampler")
+        last_sampler = gr.State(defaults["sampler"])
+
+        def on_sampler(sampler, previous, cfg):
+            value, info = cfg_for_sampler(sampler, previous, float(cfg), float(defaults["cfg"]))
+            return gr.update(value=value, info=info), sampler
+
+        components["sampler"].change(on_sampler, [components["sampler"], last_sampler, components["cfg"]],
+                                     [components["cfg"], last_sampler], api_name="sampler_changed", queue=False)
     demo.queue(max_size=16, default_concurrency_limit=1)
     return demo
 
