@@ -65,6 +65,17 @@ def settings_from_args(args: argparse.Namespace):
     return Settings.from_dict(values)
 
 
+def output_png(spec: str) -> Path:
+    """The --out path as a .png (added when there is no suffix; another suffix is an error); folders are made."""
+    out = Path(spec)
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file (images carry their workflow in PNG metadata), got {spec!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def run_generate(args: argparse.Namespace) -> int:
     import json
 
@@ -72,6 +83,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from .nodes.txt2img import to_ui_workflow
 
     settings = settings_from_args(args)
+    out = output_png(args.out)  # checked before the run, so a bad name loses no work
     start = time.time()
 
     def on_step(i: int, total: int, _preview) -> None:
@@ -79,8 +91,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     images = generate(settings, on_step=on_step)
     print(file=sys.stderr)
-    out = Path(args.out)
-    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i + 1}{out.suffix or '.png'}")
+    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i + 1}{out.suffix}")
                                             for i in range(len(images))]
     for image, path in zip(images, paths, strict=True):
         save_png(image, path, settings)

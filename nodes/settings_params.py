@@ -18,7 +18,9 @@ HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the u
         "attention": "sdpa: torch's fused attention; auto: xformers only where it works and is faster; "
                      "xformers: error if it cannot run here.",
         "loop_accelerator": "Bottleneck: high -> low -> high resolution stages; DualFast: error-corrected "
-                            "solver step (sampler = its base sampler)."}
+                            "solver step (sampler = its base sampler); dc_solver / dpm_solver_v3: learn from this "
+                            "model, prompt and CFG first (every run: ~200 + 20 x steps / ~100 extra model calls), "
+                            "then sample with UniPC + compensation / DPM-Solver-v3 (sampler ignored)."}
 SIGMAS_FROM = Param("sigmas_from", "COMBO", "schedule", choices=lambda: list(SIGMAS_NODES),
                     tooltip="schedule: the scheduler's shape; gits: search the steps on this model, prompt and CFG "
                             "(about 60 extra model calls); ays_opt: Align Your Steps optimizer on this model, "

@@ -37,8 +37,23 @@ SAMPLER_NODES = {
     "bottleneck": ("TurboSampleBottleneckSampler", {"sampler": "base_sampler"}),
     "dualfast": ("TurboSampleDualFastSampler", {"sampler": "base_sampler", "dualfast_coefficient": "coefficient"}),
     "flowturbo": ("TurboSampleFlowTurboSampler", {"flowturbo_schedule": "schedule"}),
+    "dc_solver": ("TurboSampleDCSolverSampler", {"cfg": "cfg"}),
+    "dpm_solver_v3": ("TurboSampleDPMSolverV3Sampler", {}),
 }
 LOOP_ACCELERATORS = tuple(SAMPLER_NODES)
+# Samplers that learn from the model first: name -> (node key, class_type, UI position, {setting: widget input},
+# fixed widget values, sampler input fed by the preparation node's output). They run on every generation (ComfyUI
+# caches their output while inputs stay the same); one sample keeps that to ~200 + 20 x steps (DC) or 3 x 32
+# (EMS) extra model calls.
+SAMPLER_PREP = {
+    "dc_solver": ("dc_calibrate", "TurboSampleDCSolverCalibrate", (420, 1080),
+                  {"seed": "seed", "cfg": "cfg", "steps": "steps", "scheduler": "scheduler"}, {"samples": 1},
+                  "calibration"),
+    "dpm_solver_v3": ("ems", "TurboSampleDPMSolverV3EMS", (420, 1080), {"seed": "seed", "cfg": "cfg"},
+                      {"batch": 1, "grid_points": 32}, "ems"),
+}
+PREP_EDGES = (("positive", 0, "prep", "positive"), ("negative", 0, "prep", "negative"),
+              ("latent", 0, "prep", "latent_image"), ("model", 0, "prep", "model"))
 # How the SIGMAS are made: a schedule shape, or a GITS search on the model (then the shape and denoise are unused)
 SIGMAS_NODES = {
     "schedule": ("TurboSampleScheduler", {"scheduler": "scheduler", "steps": "steps", "denoise": "denoise"}),
@@ -85,7 +100,13 @@ def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
                     nodes.append((pkey, ptype, ppos, pmap, fixed))
                     edges.append((model_end, 0, pkey, "model"))
                     model_end = pkey
-    extra = (("model", 0, "sampler", "model"),) if values["loop_accelerator"] == "flowturbo" else ()
+    loop = values["loop_accelerator"]
+    extra = (("model", 0, "sampler", "model"),) if loop in ("flowturbo", *SAMPLER_PREP) else ()
+    if loop in SAMPLER_PREP:
+        pkey, ptype, ppos, pmap, fixed, feeds = SAMPLER_PREP[loop]
+        nodes.append((pkey, ptype, ppos, pmap, fixed))
+        extra += tuple((src, slot, pkey, name) for src, slot, _prep, name in PREP_EDGES)
+        extra += ((pkey, 0, "sampler", feeds),)
     extra += GITS_EDGES if values["sigmas_from"] in ("gits", "ays_opt") else ()  # both read prompt and latent
     edges += [((model_end if src == "model" else src), slot, dst, name) for src, slot, dst, name in EDGES + extra]
     return nodes, edges
@@ -154,15 +175,23 @@ def to_api_prompt(settings: Settings) -> dict:
     return check_api(api)
 
 
+def ui_inputs(spec, linked_widgets: list[str]) -> list[str]:
+    """A UI node's input slots: its sockets, then the widgets fed by a link (ComfyUI's widget inputs)."""
+    return [p.name for p in spec.sockets] + [p.name for p in spec.widgets if p.name in linked_widgets]
+
+
 def to_ui_workflow(settings: Settings) -> dict:
     """The UI-format (v0.4) workflow that ComfyUI opens by drag and drop."""
     api = to_api_prompt(settings)
     nodes_, edges = graph(settings)
     ids = node_ids(nodes_)
     links, out_links = [], {}
+    linked_widgets: dict[str, list[str]] = {}
+    for _src, _slot, dst, name in edges:
+        if _spec(api[ids[dst]]["class_type"]).param(name).is_widget:
+            linked_widgets.setdefault(ids[dst], []).append(name)
     for n, (src, slot, dst, name) in enumerate(edges, start=1):
-        spec_dst = _spec(api[ids[dst]]["class_type"])
-        to_slot = [p.name for p in spec_dst.sockets].index(name)
+        to_slot = ui_inputs(_spec(api[ids[dst]]["class_type"]), linked_widgets.get(ids[dst], [])).index(name)
         out_type = _spec(api[ids[src]]["class_type"]).outputs[slot].type
         links.append([n, int(ids[src]), slot, int(ids[dst]), to_slot, out_type])
         out_links.setdefault((ids[src], slot), []).append(n)
@@ -178,8 +207,9 @@ def to_ui_workflow(settings: Settings) -> dict:
         nodes.append({
             "id": int(nid), "type": class_type, "pos": list(pos), "size": [320, 120 + 26 * len(spec.widgets)],
             "flags": {}, "order": order, "mode": 0,
-            "inputs": [{"name": p.name, "type": p.type, "link": link_to.get((nid, i))}
-                       for i, p in enumerate(spec.sockets)],
+            "inputs": [{"name": p.name, "type": p.type, "link": link_to.get((nid, i)),
+                        **({"widget": {"name": p.name}} if p.is_widget else {})}
+                       for i, p in enumerate(spec.param(n) for n in ui_inputs(spec, linked_widgets.get(nid, [])))],
             "outputs": [{"name": o.name, "type": o.type, "links": out_links.get((nid, j), []), "slot_index": j}
                         for j, o in enumerate(spec.outputs)],
             "properties": {"Node name for S&R": class_type}, "widgets_values": widgets,
@@ -271,6 +301,10 @@ SHIPPED = {
                                      filename_prefix="adaptive_ode"),
     "builtin_paradigms": Settings(prompt="grinning face", seed=1, steps=16, sampler="paradigms",
                                   filename_prefix="paradigms"),
+    "builtin_dc_solver": Settings(prompt="red apple", seed=1, steps=6, loop_accelerator="dc_solver",
+                                  filename_prefix="dc_solver"),
+    "builtin_dpm_solver_v3": Settings(prompt="red apple", seed=1, steps=8, loop_accelerator="dpm_solver_v3",
+                                      filename_prefix="dpm_solver_v3"),
 }
 
 

@@ -47,3 +47,16 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["generate", "--workflow", str(bad), "--out", str(tmp_path / "a.png")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "a.png").exists()
+
+
+def test_cli_checks_the_output_name_before_generating(tmp_path, capsys, monkeypatch):
+    import turbosample.nodes.pipeline as pipeline
+
+    ran = []
+    monkeypatch.setattr(pipeline, "generate", lambda *a, **k: ran.append(1) or [])
+    assert main(["generate", "--prompt", "x", "--out", str(tmp_path / "a.jpg")]) == 2
+    assert "--out must be a .png file" in capsys.readouterr().err and not ran  # refused before any model call
+    monkeypatch.undo()
+    code = main(["generate", "--prompt", "x", "--steps", "1", "--width", "32", "--height", "32",
+                 "--out", str(tmp_path / "sub" / "picture")])
+    assert code == 0 and (tmp_path / "sub" / "picture.png").exists()  # .png added, folder made
