@@ -34,7 +34,8 @@ MODEL_PATCHES = (
 # Loop accelerators replace the sampler node: name -> (class_type, {setting: widget input})
 SAMPLER_NODES = {
     "none": ("TurboSampleSamplerSelect", {"sampler": "sampler_name"}),
-    "bottleneck": ("TurboSampleBottleneckSampler", {"sampler": "base_sampler"}),
+    "bottleneck": ("TurboSampleBottleneckSampler", {"sampler": "base_sampler", "bottleneck_scales": "scales",
+                                                    "bottleneck_noise": "noise"}),
     "dualfast": ("TurboSampleDualFastSampler", {"sampler": "base_sampler", "dualfast_coefficient": "coefficient"}),
     "flowturbo": ("TurboSampleFlowTurboSampler", {"flowturbo_schedule": "schedule"}),
     "dc_solver": ("TurboSampleDCSolverSampler", {"cfg": "cfg"}),
@@ -140,6 +141,8 @@ class Settings:
     loop_accelerator: str = "none"
     dualfast_coefficient: float = _default("TurboSampleDualFastSampler", "coefficient")
     flowturbo_schedule: str = "H2P*R3"  # the steps setting fills the P blocks
+    bottleneck_scales: str = _default("TurboSampleBottleneckSampler", "scales")
+    bottleneck_noise: str = _default("TurboSampleBottleneckSampler", "noise")
     sigmas_from: str = "schedule"
     filename_prefix: str = "turbosample"
 

@@ -13,7 +13,8 @@ DEFAULTS = {"prompt": "grinning face", "negative_prompt": "", "seed": 3, "steps"
             "height": 32, "sampler": "euler", "scheduler": "simple", "flow_shift": 1.0, "batch_size": 1,
             "denoise": 1.0, "filename_prefix": "test", "magcache_threshold": 0.0, "ras_ratio": 1.0,
             "loop_accelerator": "none", "dualfast_coefficient": 0.0, "attention": "sdpa",
-            "flowturbo_schedule": "H2P*R3", "sigmas_from": "schedule"}
+            "flowturbo_schedule": "H2P*R3", "sigmas_from": "schedule", "bottleneck_scales": "1, 0.5, 1",
+            "bottleneck_noise": "1, 0.8, 0.6"}
 
 
 def values(**overrides):
@@ -111,3 +112,19 @@ def test_picking_a_cfg_pp_sampler_in_the_app_sets_cfg_to_one(url):
     assert picked["value"] == 1.0 and "lambda" in picked["info"]
     assert client.predict("euler", 1.0, api_name="/sampler_changed")["value"] == 4.0
     assert client.predict("heun", 1.0, api_name="/sampler_changed")["value"] == 1.0
+
+
+def test_bottleneck_knobs_reach_the_sampler_round_trip_and_bad_scales_are_named(url):
+    client = Client(url, verbose=False)
+    knobs = dict(loop_accelerator="bottleneck", bottleneck_scales="1, 0.75, 1", bottleneck_noise="1, 0.7, 0.5",
+                 steps=6, width=48, height=48)
+    path = client.predict(*values(**knobs), api_name="/save_workflow")
+    saved = json.loads(open(path).read())
+    node = next(n for n in saved["nodes"] if n["type"] == "TurboSampleBottleneckSampler")
+    assert node["widgets_values"][1:3] == ["1, 0.75, 1", "1, 0.7, 0.5"]
+    loaded = dict(zip(ORDER, client.predict(handle_file(path), api_name="/load_workflow"), strict=True))
+    assert (loaded["bottleneck_scales"], loaded["bottleneck_noise"]) == ("1, 0.75, 1", "1, 0.7, 0.5")
+    out = client.predict(*values(**knobs), api_name="/generate")
+    assert Image.open(out[3]).size == (48, 48)
+    with pytest.raises(Exception, match="is not a positive multiple of"):  # 48 x 0.3 is not whole patches
+        client.predict(*values(**{**knobs, "bottleneck_scales": "1, 0.3, 1"}), api_name="/generate")
