@@ -6,8 +6,9 @@ stack runs or its cached residual is reused, RAS runs it on active tokens only. 
 wrapper is inner runs it, and the outer one becomes a ``Handover`` that only passes its settings inward through
 ``options[STACK_OPTION]``. Both orders of application therefore give the same result.
 
-In ComfyUI the two nodes patch a ModelPatcher whose wrappers cannot be rewritten that way; there the pair is
-still refused with a message.
+In ComfyUI, on the built-in model, the node applied second replaces both ``DIFFUSION_MODEL`` wrappers by one
+that runs both (``nodes.comfy_block_stack``). ComfyUI's own Flux / SD3 / Wan are patched per block
+(``patches_replace["dit"]``), where the two patch sets cannot share the stack yet: there the pair is refused.
 """
 
 from __future__ import annotations
@@ -47,16 +48,16 @@ def check_can_stack(model: object, adding: str, keys: Iterable[str] | None = Non
     """Raise StackingError if ``adding`` (a wrapper key) would share the block stack with an owner it cannot join.
 
     MagCache + RAS stack on a turbosample DiffusionModel (keys "magcache" and "turbosample.ras"); the ComfyUI
-    MagCache node (key "turbosample_magcache") does not stack with RAS yet.
+    nodes call this only for ComfyUI's own models, where the pair is refused.
     """
     name = BLOCK_STACK_OWNERS[adding]
     present = {k for k in (keys if keys is not None else wrapper_keys(model)) if k in BLOCK_STACK_OWNERS}
     others = sorted({BLOCK_STACK_OWNERS[k] for k in present if not (
         BLOCK_STACK_OWNERS[k] == name or {k, adding} <= STANDALONE_STACKABLE)})
     if others:
-        raise StackingError(f"{name} cannot be stacked with {', '.join(others)} on one ComfyUI model yet: both run "
-                            f"the transformer block stack themselves (they stack in the turbosample app/CLI only); "
-                            f"use one of them")
+        raise StackingError(f"{name} cannot be stacked with {', '.join(others)} on one of ComfyUI's own Flux / SD3 "
+                            f"/ Wan models yet: both patch its transformer blocks themselves (they stack on the "
+                            f"built-in model, in ComfyUI and the app); use one of them")
 
 
 @dataclass(frozen=True)

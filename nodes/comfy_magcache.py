@@ -19,8 +19,9 @@ from ..accel import comfy_native
 from ..accel.adapter import UnsupportedModel, transformer_parts
 from ..accel.magcache import MagCacheSettings, magcache_forward
 from ..accel.stacking import check_can_stack
+from .comfy_block_stack import MAGCACHE_KEY, replace_block_stack_wrappers, roles_of, stacked_wrapper, tagged
 
-WRAPPER_KEY = "turbosample_magcache"
+WRAPPER_KEY = MAGCACHE_KEY
 RUN_STATE_OPTION = "turbosample_magcache_run"
 
 
@@ -56,7 +57,7 @@ def diffusion_model_wrapper(settings: MagCacheSettings, curve_for: Callable | No
         return magcache_forward(transformer_parts(executor.class_obj), settings, x, timestep, context, options,
                                 plain, curve_for)
 
-    return wrapper
+    return tagged(wrapper, {"magcache": (settings, curve_for, None)})
 
 
 def run_data(transformer_options: dict) -> dict | None:
@@ -128,12 +129,14 @@ def patch_model_patcher(model, settings: MagCacheSettings, curve_for: Callable |
         raise UnsupportedModel(f"TurboSample MagCache in ComfyUI takes a MODEL, got {type(model).__name__}")
     diffusion_model = model.get_model_object("diffusion_model")
     check_supported(diffusion_model)  # raises UnsupportedModel before anything is patched
-    check_can_stack(model, WRAPPER_KEY)
     if comfy_native.is_native(diffusion_model):
+        check_can_stack(model, WRAPPER_KEY)  # per-block patches: RAS on the same model is still refused
         return patch_native(model, settings, curve_for)
+    ras_cfg = roles_of(model).get("ras")  # the built-in model with RAS on it: one wrapper runs both
+    wrapper = (stacked_wrapper((settings, curve_for, None), ras_cfg, RUN_STATE_OPTION) if ras_cfg is not None
+               else diffusion_model_wrapper(settings, curve_for))
     patched = model.clone()
-    for kind, wrapper in ((pe.WrappersMP.SAMPLER_SAMPLE, sampler_sample_wrapper),
-                          (pe.WrappersMP.DIFFUSION_MODEL, diffusion_model_wrapper(settings, curve_for))):
-        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)  # applying MagCache twice replaces, never stacks
-        patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
+    patched.remove_wrappers_with_key(pe.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY)  # applying twice replaces
+    patched.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, sampler_sample_wrapper)
+    replace_block_stack_wrappers(patched, WRAPPER_KEY, wrapper)
     return patched

@@ -8,6 +8,8 @@ from ..accel.ras import WRAPPER_KEY, apply_ras, ras_call, ras_parts
 from ..accel.ras_select import METRICS, STARVATION_MODES, RASConfig
 from ..accel.stacking import check_can_stack
 from ..samplers.denoiser import DiffusionModel
+from .comfy_block_stack import replace_block_stack_wrappers, roles_of, stacked_wrapper, tagged
+from .comfy_magcache import RUN_STATE_OPTION
 from .spec import NodeInputError, NodeSpec, Output, Param
 
 CATEGORY = "TurboSample/accelerate"
@@ -43,7 +45,6 @@ def comfy_patch_ras(model, **settings) -> tuple:
             check_can_stack(model, WRAPPER_KEY)
             return (comfy_native_ras.patch_model_patcher(model, cfg),)
         parts = ras_parts(dit)
-        check_can_stack(model, WRAPPER_KEY)
     except (UnsupportedModel, ValueError) as exc:
         raise NodeInputError(f"{exc} (TurboSample RAS supports the built-in model in ComfyUI, also "
                              f"{comfy_native_ras.supported_names()})") from None
@@ -65,8 +66,12 @@ def comfy_patch_ras(model, **settings) -> tuple:
         finally:
             store.clear()
 
+    magcache = roles_of(model).get("magcache")  # MagCache already on the built-in model: one wrapper runs both
+    wrapper = (stacked_wrapper(magcache, cfg, RUN_STATE_OPTION) if magcache is not None
+               else tagged(diffusion_model_wrapper, {"ras": cfg}))
     patched = model.clone()
-    patched.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
+    replace_block_stack_wrappers(patched, WRAPPER_KEY, wrapper)  # applying RAS twice replaces, never stacks
+    patched.remove_wrappers_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
     patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     return (patched,)
 

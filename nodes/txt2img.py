@@ -86,7 +86,7 @@ def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
     if values["loop_accelerator"] not in SAMPLER_NODES:
         raise WorkflowError(f"unknown loop accelerator {values['loop_accelerator']!r}; "
                             f"choose one of {', '.join(LOOP_ACCELERATORS)}")
-    # MagCache -> RAS stack on the app's model (accel/stacking.py); ComfyUI's nodes still refuse the pair there
+    # MagCache -> RAS stack on the built-in model, in the app (accel/stacking.py) and in ComfyUI (comfy_block_stack)
     nodes, edges = [], []
     for key, class_type, pos, mapping in BASE_GRAPH:
         if key == "sampler":
@@ -278,6 +278,8 @@ SHIPPED = {
     "builtin_txt2img": Settings(prompt="grinning face", seed=1),
     "builtin_magcache": Settings(prompt="red apple", seed=1, magcache_threshold=0.1, filename_prefix="magcache"),
     "builtin_ras": Settings(prompt="sunflower", seed=1, ras_ratio=0.5, filename_prefix="ras"),
+    "builtin_magcache_ras": Settings(prompt="sunflower", seed=1, magcache_threshold=0.2, ras_ratio=0.5,
+                                     filename_prefix="magcache_ras"),
     "builtin_bottleneck": Settings(prompt="cat face", seed=1, loop_accelerator="bottleneck",
                                    filename_prefix="bottleneck"),
     "builtin_dualfast": Settings(prompt="rocket", seed=1, steps=8, loop_accelerator="dualfast",

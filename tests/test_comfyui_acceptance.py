@@ -144,6 +144,38 @@ def test_builtin_model_runs_in_core_ksampler_and_matches_standalone(comfy):
     assert np.abs(theirs - ours).max() <= 2  # same noise, same Euler steps, two sampling loops
 
 
+def test_magcache_and_ras_stack_on_the_builtin_model_in_either_order_like_the_app(comfy):
+    from turbosample.nodes.pipeline import generate
+    from turbosample.nodes.txt2img import Settings, to_api_prompt
+
+    url, base = comfy
+
+    def image(prompt: dict) -> np.ndarray:
+        (path,) = saved_images(base, run_prompt(url, prompt))
+        return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+    settings = Settings(prompt="red apple", seed=5, steps=10, width=32, height=32, magcache_threshold=0.3,
+                        ras_ratio=0.5, filename_prefix="stack")
+    prompt = to_api_prompt(settings)  # loader -> MagCache -> RAS -> sampler
+    kinds = {n["class_type"]: k for k, n in prompt.items()}
+    mag, ras = kinds["TurboSampleMagCache"], kinds["TurboSampleRAS"]
+    mag_then_ras = image(prompt)
+    swapped = json.loads(json.dumps(prompt))  # loader -> RAS -> MagCache -> sampler
+    swapped[ras]["inputs"]["model"], swapped[mag]["inputs"]["model"] = prompt[mag]["inputs"]["model"], [ras, 0]
+    for node in swapped.values():
+        if node["inputs"].get("model") == [ras, 0] and node is not swapped[mag]:
+            node["inputs"]["model"] = [mag, 0]
+    assert np.array_equal(image(swapped), mag_then_ras)  # one wrapper runs both, whatever the order
+    ours = np.asarray(generate(settings)[0], dtype=np.int16)
+    assert np.abs(mag_then_ras - ours).max() <= 2  # the app's stack (accel/stacking.py) gives the same image
+    plain = np.asarray(generate(Settings(prompt="red apple", seed=5, steps=10, width=32, height=32))[0],
+                       dtype=np.int16)
+    assert np.abs(mag_then_ras - plain).max() > 2  # the stack really skipped and dropped work
+    off = json.loads(json.dumps(prompt))
+    off[mag]["inputs"]["threshold"], off[ras]["inputs"]["sample_ratio"] = 0.0, 1.0
+    assert np.abs(image(off) - plain).max() <= 2  # both off: the plain model
+
+
 def test_comfy_samplers_accept_the_builtin_model(comfy):
     url, base = comfy
     prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())

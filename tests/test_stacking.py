@@ -1,5 +1,6 @@
 """MagCache + RAS on one model: both orders agree, each reduces to the other or to the plain model when the
-other is off, one call follows the stacked rule, and ComfyUI still refuses the pair before patching."""
+other is off, one call follows the stacked rule, and ComfyUI's own models still refuse the pair before patching
+(the built-in model stacks in ComfyUI: tests/test_comfyui_acceptance.py)."""
 
 import pytest
 import torch
@@ -111,7 +112,7 @@ def test_stacking_rewrites_only_the_new_copy(base):
 
 
 def test_comfyui_keys_are_still_refused_and_the_app_graph_takes_the_pair():
-    with pytest.raises(StackingError, match="RAS cannot be stacked with MagCache on one ComfyUI model"):
+    with pytest.raises(StackingError, match="RAS cannot be stacked with MagCache on one of ComfyUI's own Flux"):
         check_can_stack(None, "turbosample.ras", keys=["turbosample_magcache"])
     with pytest.raises(StackingError, match="MagCache cannot be stacked with RAS"):
         check_can_stack(None, "turbosample_magcache", keys=["turbosample.ras"])
