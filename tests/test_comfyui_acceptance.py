@@ -228,36 +228,37 @@ def test_ays_optimize_scheduler_runs_inside_comfyui_and_feeds_the_sampler(comfy)
     assert saved_images(base, run_prompt(url, prompt))
 
 
-def test_dc_solver_calibrates_inside_comfyui_and_its_sampler_runs_on_the_file(comfy):
+def run_learn_then_sample(comfy, prep: dict, sampler: dict) -> None:
+    """The 32 px, 5-step text-to-image graph with ``prep`` (fed the model, prompts and latent) feeding ``sampler``."""
     url, base = comfy
     prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
     prompt["4"]["inputs"].update(width=32, height=32)
     prompt["6"]["inputs"].update(steps=5, scheduler="simple")
-    prompt["10"] = {"class_type": "TurboSampleDCSolverCalibrate", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 3,
-        "cfg": 4.0, "steps": 5, "scheduler": "simple", "samples": 1, "filename": "acceptance_dc.json"}}
-    prompt["5"] = {"class_type": "TurboSampleDCSolverSampler", "inputs": {
-        "model": ["1", 0], "calibration": ["10", 0], "cfg": 4.0}}
+    prompt["10"] = {"class_type": prep["class_type"], "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], **prep["inputs"]}}
+    prompt["5"] = {"class_type": sampler["class_type"], "inputs": {"model": ["1", 0], **sampler["inputs"]}}
     assert saved_images(base, run_prompt(url, prompt))
-    written = list(base.rglob("acceptance_dc.json"))
+
+
+def test_dc_solver_calibrates_inside_comfyui_and_its_sampler_runs_on_the_file(comfy):
+    run_learn_then_sample(
+        comfy, {"class_type": "TurboSampleDCSolverCalibrate", "inputs": {
+            "seed": 3, "cfg": 4.0, "steps": 5, "scheduler": "simple", "samples": 1, "filename": "acceptance_dc.json"}},
+        {"class_type": "TurboSampleDCSolverSampler", "inputs": {"calibration": ["10", 0], "cfg": 4.0}})
+    written = list(comfy[1].rglob("acceptance_dc.json"))
     assert written and len(json.loads(written[0].read_text())["ratios"]) == 5
 
 
 def test_dpm_solver_v3_statistics_are_estimated_inside_comfyui_and_its_sampler_runs_on_the_file(comfy):
-    url, base = comfy
-    prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
-    prompt["4"]["inputs"].update(width=32, height=32)
-    prompt["6"]["inputs"].update(steps=5, scheduler="simple")
-    prompt["10"] = {"class_type": "TurboSampleDPMSolverV3EMS", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "seed": 3,
-        "cfg": 4.0, "batch": 1, "grid_points": 8, "reduce": "channel", "filename": "acceptance_ems",
-        "smooth": 0.25, "sb_margin": 0.5}}
-    prompt["5"] = {"class_type": "TurboSampleDPMSolverV3Sampler", "inputs": {
-        "model": ["1", 0], "ems": ["10", 0], "order": 2, "use_corrector": True, "half": False}}
-    assert saved_images(base, run_prompt(url, prompt))
     from turbosample.samplers.ems import load_ems
 
-    written = list(base.rglob("acceptance_ems.safetensors"))
+    run_learn_then_sample(
+        comfy, {"class_type": "TurboSampleDPMSolverV3EMS", "inputs": {
+            "seed": 3, "cfg": 4.0, "batch": 1, "grid_points": 8, "reduce": "channel", "filename": "acceptance_ems",
+            "smooth": 0.25, "sb_margin": 0.5}},
+        {"class_type": "TurboSampleDPMSolverV3Sampler", "inputs": {
+            "ems": ["10", 0], "order": 2, "use_corrector": True, "half": False}})
+    written = list(comfy[1].rglob("acceptance_ems.safetensors"))
     assert written and load_ems(written[0]).meta["smooth"] == 0.25 and load_ems(written[0]).meta["sb_margin"] == 0.5
 
 
