@@ -5,9 +5,10 @@
 Fixed prompts and seeds. The full-cost reference is the base sampler at full resolution with --steps steps;
 Bottleneck Sampling uses the same step budget (split 6 : 20 : 8 as in the paper). The equal-time baseline
 is the base sampler with its steps scaled by the measured time ratio. Wall times are measured in this run,
-per image, one thread. Quality: paired PSNR/SSIM (skimage) and LPIPS (bench/metrics.py; None without its
-weights) to the reference. ``--sweep`` also tries other shifts, noise strengths, resizers, scales and hand-over
-rules (used to pick defaults); ``--variant JSON`` adds any other settings.
+per image, one thread (``--repeats N``: medians of N alternating rounds). Quality: paired PSNR/SSIM (skimage)
+and LPIPS (bench/metrics.py; None without its weights) to the reference. ``--sweep`` also tries other shifts,
+noise strengths, resizers, scales and hand-over rules (used to pick defaults); ``--variant JSON`` adds any other
+settings.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import torch
 from builtin_runs import PROMPTS, conditions, generate
 from metrics import score
+from timing import alternating_medians
 
 from turbosample.nodes.builtin_nodes import load_builtin_model
 from turbosample.samplers.bottleneck import NOISE_SOURCES, RESIZERS, sample_bottleneck, split_steps
@@ -32,6 +34,9 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="timing rounds per method (> 1: reference and variants alternate, medians reported)")
+    ap.add_argument("--equal-time-all", action="store_true", help="an equal-time base-sampler row after every variant")
     ap.add_argument("--variant", action="append", default=[], metavar="JSON",
                     help='extra settings to try, e.g. \'{"scales": [1, 0.75, 1]}\' (repeatable)')
     args = ap.parse_args()
@@ -58,15 +63,23 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for steps in args.steps:
         refs, full_seconds = generate(model, base, steps, conds, args.size, args.cfg)
+        infos = {label: SamplerInfo("bottleneck", sample_bottleneck, 1, "", {"base": args.base, **options})
+                 for label, options in variants}
+        medians = {}
+        if args.repeats > 1:
+            runs = {label: (lambda i=info, n=steps: generate(model, i, n, conds, args.size, args.cfg))
+                    for label, info in {"reference": base, **infos}.items()}
+            medians = {k: v / len(conds) for k, v in alternating_medians(runs, args.repeats).items()}
+            full_seconds = medians["reference"]
         print(f"| {steps} | {args.base} full cost (reference) | {steps} | {full_seconds:.3f} | 1.00x | - | - | - |")
         for label, options in variants:
-            info = SamplerInfo("bottleneck", sample_bottleneck, 1, "", {"base": args.base, **options})
-            images, seconds = generate(model, info, steps, conds, args.size, args.cfg)
+            images, seconds = generate(model, infos[label], steps, conds, args.size, args.cfg)
+            seconds = medians.get(label, seconds)
             psnr, ssim, lp = score(images, refs)
             split = options.get("steps") or split_steps(steps, 3)
             print(f"| {steps} | bottleneck {label} | {split[0] + split[2]} + {split[1]} | {seconds:.3f} | "
                   f"{full_seconds / seconds:.2f}x | {psnr:.2f} | {ssim:.4f} | {lp:.4f} |", flush=True)
-            if label == "defaults":
+            if label == "defaults" or args.equal_time_all:
                 equal = max(1, round(steps * seconds / full_seconds))
                 images, eq_seconds = generate(model, base, equal, conds, args.size, args.cfg)
                 psnr, ssim, lp = score(images, refs)

@@ -169,7 +169,6 @@ def resize(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
                          antialias=smooth and shrinking)
 
 
-
 def _spatial(size) -> int | None:
     if isinstance(size, int):
         return size
@@ -340,7 +339,7 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
             if noise_source == "fresh":
                 eps = seeded_noise(noise_seed + k, tuple(x0.shape), device=x0.device, dtype=x0.dtype)
             else:
-                detail = resized_noise(start_noise, size) if tuple(size) == tuple(start_noise.shape[-2:]) else \
+                detail = start_noise if tuple(size) == tuple(start_noise.shape[-2:]) else \
                     seeded_noise(noise_seed + k, (*x0.shape[:-2], *size), device=x0.device, dtype=x0.dtype)
                 eps = resized_noise(start_noise if noise_source == "initial" else progress["eps"], size, detail)
             x = signal_scale(stage[0], flow) * x0 + stage[0] * eps
