@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 Tokens = torch.Tensor
-Grid = tuple[int, int]
+Grid = tuple[int, ...]  # token rows, cols (Wan: frames, rows, cols)
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -25,7 +25,7 @@ class UnsupportedModel(TypeError):
 class TransformerParts:
     """A DiT split into the pieces accelerators use.
 
-    embed(x, timestep, context) -> (tokens (B, N, D), conditioning vector, grid (rows, cols))
+    embed(x, timestep, context) -> (tokens (B, N, D), conditioning, token grid (rows, cols) or (frames, rows, cols))
     blocks[i](tokens, cond) -> tokens           the transformer blocks, in order
     head(tokens, cond, grid) -> model output    projection back to the input layout
     attention_modules                          objects whose ``attention(q, k, v)`` attribute may be replaced
@@ -37,7 +37,7 @@ class TransformerParts:
     embed: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[Tokens, torch.Tensor, Grid]]
     blocks: Sequence[Callable[[Tokens, torch.Tensor], Tokens]]
     head: Callable[[Tokens, torch.Tensor, Grid], torch.Tensor]
-    patch_size: int
+    patch_size: int | tuple[int, ...]  # square patch side, or one size per spatial dim (Wan: frames, rows, cols)
     attention_modules: Sequence[object] = ()
     run_block: Callable[[int, Tokens, torch.Tensor, AttentionFn], Tokens] | None = None
 

@@ -17,12 +17,13 @@ Conventions shared by all three (so accelerators see one interface):
 * **cond** is a ``BlockCond``: per-sample tensors (indexable by batch rows, as MagCache does for a subset of
   CFG branches) plus call-wide values (text length, rotary embeddings).
 
-``run_block`` (RAS) exists for SD3 and Flux (``accel.diffusers_ras``: each block's own forward with its
-attention processor swapped for the call); text tokens are always active, so RAS drops image tokens only, and
-``BlockCond.at_tokens`` gives the kept tokens their own RoPE positions. SD3.5 dual-attention blocks (MMDiT-X,
-SD3.5 Medium) and Wan have no ``run_block``, so RAS refuses them with UnsupportedModel. ControlNet residuals,
-IP-adapter inputs and SD3 skip-layer guidance are not part of the rebuilt forward. diffusers itself is never
-imported here; the adapters work on the model objects.
+``run_block`` (RAS) exists for SD3, Flux and Wan (``accel.diffusers_ras``: each block's own forward with its
+(self-)attention processor swapped for the call); text tokens are always active, so RAS drops image tokens only,
+and ``BlockCond.at_tokens`` gives the kept tokens their own RoPE positions (and, Wan 2.2, their own per-token
+timestep modulation). Wan's tokens form a (frames, rows, cols) grid with patch ``(p_t, p_h, p_w)``. SD3.5
+dual-attention blocks (MMDiT-X, SD3.5 Medium) have no ``run_block``, so RAS refuses them with UnsupportedModel.
+ControlNet residuals, IP-adapter inputs and SD3 skip-layer guidance are not part of the rebuilt forward.
+diffusers itself is never imported here; the adapters work on the model objects.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 
 from .adapter import TransformerParts, UnsupportedModel
-from .diffusers_ras import routed_run_block
+from .diffusers_ras import WanRoutedProcessor, routed_run_block
 
 Context = Mapping[str, torch.Tensor] | torch.Tensor
 
@@ -51,18 +52,27 @@ class BlockCond:
         return BlockCond({k: v[rows] for k, v in self.batch.items()}, self.shared)
 
     def at_tokens(self, index: torch.Tensor) -> BlockCond:
-        """The conditioning of the block-stack tokens ``index`` (B, K): RoPE becomes per sample, (B, K, hd)."""
-        if "rotary" not in self.shared:
+        """The conditioning of the block-stack tokens ``index`` (B, K): RoPE becomes per sample, (B, K, hd), and
+        per-token tensors (``shared["token_keys"]``, e.g. Wan 2.2's per-token timestep) keep those tokens."""
+        token_keys = self.shared.get("token_keys", ())
+        if "rotary" not in self.shared and not token_keys:
             return self
-        cos, sin = self.shared["rotary"]
-        shared = {k: v for k, v in self.shared.items() if k != "rotary"}
-        return BlockCond({**self.batch, "rotary_cos": cos[index], "rotary_sin": sin[index]}, shared)
+        batch = {k: gather_dim1(v, index) if k in token_keys else v for k, v in self.batch.items()}
+        if "rotary" in self.shared:
+            cos, sin = self.shared["rotary"]
+            batch.update(rotary_cos=cos[index], rotary_sin=sin[index])
+        return BlockCond(batch, {k: v for k, v in self.shared.items() if k not in ("rotary", "token_keys")})
 
     def rotary(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """RoPE ``(cos, sin)``: (S, hd) shared, or (B, S, hd) after ``at_tokens``; None without RoPE."""
         if "rotary_cos" in self.batch:
             return self.batch["rotary_cos"], self.batch["rotary_sin"]
         return self.shared.get("rotary")
+
+
+def gather_dim1(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Positions ``index`` (B, K) of dim 1 of ``t`` (B, N, ...) -> (B, K, ...)."""
+    return t.gather(1, index.reshape(*index.shape, *(1,) * (t.ndim - 2)).expand(*index.shape, *t.shape[2:]))
 
 
 def context_tensor(context: Context, key: str, model: str, required: bool = True) -> torch.Tensor | None:
@@ -194,7 +204,7 @@ def wan_parts(model: torch.nn.Module) -> TransformerParts:
         text = context_tensor(context, "encoder_hidden_states", "Wan")
         image = context_tensor(context, "encoder_hidden_states_image", "Wan", required=False)
         _, _, frames, height, width = x.shape
-        rotary = model.rope(x)
+        cos, sin = model.rope(x)  # (1, N, 1, hd) each
         tokens = model.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()
         t = torch.as_tensor(timestep)
         t = t if t.ndim == 2 else batch_timestep(t, x.shape[0])
@@ -203,7 +213,8 @@ def wan_parts(model: torch.nn.Module) -> TransformerParts:
         proj = proj.unflatten(2 if seq_len is not None else 1, (6, -1))
         if image is not None:
             text = torch.cat([image, text], dim=1)
-        cond = BlockCond({"temb": temb, "timestep_proj": proj, "text": text}, {"rotary": rotary})
+        shared = {"rotary": (cos[0, :, 0], sin[0, :, 0]), "token_keys": ("timestep_proj",) if seq_len else ()}
+        cond = BlockCond({"temb": temb, "timestep_proj": proj, "text": text}, shared)
         return tokens, cond, (frames // p_t, height // p_h, width // p_w)
 
     def head(tokens: torch.Tensor, cond: BlockCond, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -219,11 +230,18 @@ def wan_parts(model: torch.nn.Module) -> TransformerParts:
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
     def wan_block(block: torch.nn.Module) -> Callable[[torch.Tensor, BlockCond], torch.Tensor]:
-        return lambda tokens, cond: block(tokens, cond.batch["text"], cond.batch["timestep_proj"],
-                                          cond.shared["rotary"])
+        def run(tokens: torch.Tensor, cond: BlockCond) -> torch.Tensor:
+            cos, sin = cond.rotary()  # (N, hd) shared or (B, K, hd) per sample -> Wan's (1 or B, N, 1, hd)
+            rotary = tuple(r.unsqueeze(-2) if r.ndim == 3 else r[None, :, None] for r in (cos, sin))
+            return block(tokens, cond.batch["text"], cond.batch["timestep_proj"], rotary)
 
-    return TransformerParts(name="diffusers WanTransformer3DModel", embed=embed,
-                            blocks=[wan_block(b) for b in model.blocks], head=head, patch_size=p_h)
+        return run
+
+    modules = list(model.blocks)
+    blocks = [wan_block(b) for b in modules]
+    return TransformerParts(name="diffusers WanTransformer3DModel", embed=embed, blocks=blocks, head=head,
+                            patch_size=(p_t, p_h, p_w),
+                            run_block=routed_run_block([b.attn1 for b in modules], blocks, WanRoutedProcessor))
 
 
 ADAPTERS: dict[str, Callable[[torch.nn.Module], TransformerParts]] = {

@@ -40,6 +40,7 @@ Decisions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -49,7 +50,7 @@ import torch.nn.functional as F
 from ..samplers.denoiser import DiffusionModel
 from .adapter import TransformerParts, UnsupportedModel, transformer_parts
 from .kv_cache import cached_attention, fill_cache, gather_tokens, scatter_tokens
-from .ras_select import RASConfig, drop_count, select_tokens, step_index
+from .ras_select import Patch, RASConfig, drop_count, pixel_mask, select_tokens, step_index, token_grid
 from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_can_stack, check_one_sigma, partner_settings
 
 WRAPPER_KEY = "turbosample.ras"
@@ -123,13 +124,10 @@ def sparse_blocks(parts: TransformerParts, tokens: torch.Tensor, c: torch.Tensor
     return h
 
 
-def keep_inactive(new: torch.Tensor, active: torch.Tensor, grid: tuple[int, int], patch: int,
+def keep_inactive(new: torch.Tensor, active: torch.Tensor, grid: tuple[int, ...], patch: Patch,
                   prev_out: torch.Tensor) -> torch.Tensor:
-    """``new`` (B, C, H, W) at the pixels of ``active`` tokens, ``prev_out`` elsewhere."""
-    mask = torch.zeros(active.shape[0], grid[0] * grid[1], dtype=torch.bool, device=new.device)
-    mask = mask.scatter_(1, active, True).reshape(-1, 1, *grid)
-    mask = mask.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3)
-    return torch.where(mask, new, prev_out.to(new.dtype))
+    """``new`` (B, C, *spatial) at the pixels of ``active`` tokens, ``prev_out`` elsewhere."""
+    return torch.where(pixel_mask(active, grid, patch), new, prev_out.to(new.dtype))
 
 
 def dense_forward(parts: TransformerParts, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor
@@ -144,7 +142,7 @@ def sparse_forward(parts: TransformerParts, x: torch.Tensor, timestep: torch.Ten
                    caches: list, active: torch.Tensor, prev_out: torch.Tensor) -> torch.Tensor:
     """The forward for the ``active`` (B, K) tokens over cached K/V (updated in place); others keep prev_out."""
     tokens, c, grid = parts.embed(x, timestep, context)
-    index = stack_index(active, tokens.shape[1], grid[0] * grid[1])
+    index = stack_index(active, tokens.shape[1], math.prod(grid))
     h = sparse_blocks(parts, tokens, c, caches, index)
     new = parts.head(scatter_tokens(torch.zeros_like(tokens), index, h), c, grid)
     return keep_inactive(new, active, grid, parts.patch_size, prev_out)
@@ -208,7 +206,7 @@ class RASRunner:
         """The call's output (inactive pixels of sparse rows from the previous output); records the call."""
         st, rows = self.state, self.sparse_rows
         if rows is not None:
-            grid = (out.shape[-2] // self.parts.patch_size, out.shape[-1] // self.parts.patch_size)
+            grid = token_grid(out.shape, self.parts.patch_size)
             out = out.clone()
             out[rows] = keep_inactive(out[rows], st.active[rows], grid, self.parts.patch_size, st.prev_out[rows])
         if self.n_drop == 0:  # a dense (error-reset) step MagCache skipped moves to the row's next computed step
@@ -217,7 +215,7 @@ class RASRunner:
         return out
 
 
-def branch_state(patch: int, cfg: RASConfig, x: torch.Tensor, options: dict
+def branch_state(patch: Patch, cfg: RASConfig, x: torch.Tensor, options: dict
                  ) -> tuple[BranchState, int, int, int] | None:
     """(state, step, tokens to drop, CFG chunks) of this call, the state created/reset as needed in
     ``options["run_state"]``; None outside a sampling run."""
@@ -229,7 +227,7 @@ def branch_state(patch: int, cfg: RASConfig, x: torch.Tensor, options: dict
     branches = list(options.get("cond_or_uncond") or [0])
     n_chunks = len(branches) if x.shape[0] % len(branches) == 0 else 1
     key = (WRAPPER_KEY, tuple(branches))
-    n_tokens = (x.shape[-2] // patch) * (x.shape[-1] // patch)
+    n_tokens = math.prod(token_grid(x.shape, patch))
     n_drop = drop_count(cfg, step, len(schedule) - 1, n_tokens)
     state = store.get(key)
     if state is None or state.shape != tuple(x.shape) or step < state.step:

@@ -77,13 +77,43 @@ def drop_count(cfg: RASConfig, step: int, n_steps: int, n_tokens: int) -> int:
     return max(count, 0)
 
 
-def token_metric(output: torch.Tensor, patch: int, metric: str) -> torch.Tensor:
-    """(B, C, H, W) model output -> (B, N) per-token score: std/L2 over channels, mean over the patch pixels."""
+Patch = int | tuple[int, ...]
+
+
+def patch_dims(patch: Patch, spatial_dims: int = 2) -> tuple[int, ...]:
+    """A patch size per spatial dim: an int is square (2-D), a tuple (Wan: frames, rows, cols) is kept."""
+    dims = (patch,) * spatial_dims if isinstance(patch, int) else tuple(patch)
+    if len(dims) != spatial_dims:
+        raise ValueError(f"patch {patch} does not fit a latent with {spatial_dims} spatial dims")
+    return dims
+
+
+def token_grid(shape: tuple[int, ...] | torch.Size, patch: Patch) -> tuple[int, ...]:
+    """Token grid of a (B, C, *spatial) latent: every spatial size over its patch size."""
+    dims = patch_dims(patch, len(shape) - 2)
+    return tuple(size // p for size, p in zip(shape[2:], dims, strict=True))
+
+
+def token_metric(output: torch.Tensor, patch: Patch, metric: str) -> torch.Tensor:
+    """(B, C, *spatial) model output -> (B, N) per-token score: std/L2 over channels, mean over the patch pixels."""
     per_pixel = output.float().std(dim=1) if metric == "std" else output.float().norm(dim=1)
-    return torch.nn.functional.avg_pool2d(per_pixel[:, None], patch).flatten(1)
+    dims = patch_dims(patch, per_pixel.ndim - 1)
+    pool = {2: torch.nn.functional.avg_pool2d, 3: torch.nn.functional.avg_pool3d}.get(len(dims))
+    if pool is None:
+        raise ValueError(f"RAS handles images and videos (2 or 3 spatial dims), got {len(dims)}")
+    return pool(per_pixel[:, None], dims).flatten(1)
 
 
-def select_tokens(output: torch.Tensor, patch: int, drops: torch.Tensor, n_drop: int, n_chunks: int,
+def pixel_mask(active: torch.Tensor, grid: tuple[int, ...], patch: Patch) -> torch.Tensor:
+    """(B, 1, *spatial) bool mask of the latent pixels covered by the ``active`` (B, K) tokens of ``grid``."""
+    mask = torch.zeros(active.shape[0], math.prod(grid), dtype=torch.bool, device=active.device)
+    mask = mask.scatter_(1, active, True).reshape(-1, 1, *grid)
+    for axis, p in enumerate(patch_dims(patch, len(grid)), start=2):
+        mask = mask.repeat_interleave(p, dim=axis)
+    return mask
+
+
+def select_tokens(output: torch.Tensor, patch: Patch, drops: torch.Tensor, n_drop: int, n_chunks: int,
                   cfg: RASConfig) -> torch.Tensor:
     """Active token indices (B, K), sorted, shared by the ``n_chunks`` batch chunks (CFG branches) of an image.
 

@@ -16,7 +16,6 @@ from diffusers.pipelines.flux.pipeline_flux import FluxPipeline  # noqa: E402
 from turbosample.accel.adapter import UnsupportedModel, transformer_parts  # noqa: E402
 from turbosample.accel.diffusers_adapters import BlockCond, DiffusersDiT  # noqa: E402
 from turbosample.accel.magcache import MagCacheSettings, magcache_model  # noqa: E402
-from turbosample.accel.ras import apply_ras  # noqa: E402
 from turbosample.samplers.denoiser import DiffusionModel  # noqa: E402
 from turbosample.samplers.model_sampling import FlowSampling  # noqa: E402
 
@@ -187,10 +186,3 @@ def test_magcache_skip_reuses_the_two_stream_residual_per_branch():
         x = x + (sigmas[i + 1] - sigmas[i]) * got
     assert [(key[0], skip) for key, _step, skip in record] == [(0, False), (1, False), (0, True), (1, False),
                                                                  (0, True), (1, False)]
-
-
-def test_ras_refuses_diffusers_models_cleanly(models):  # SD3 / Flux: tests/test_ras_diffusers.py
-    base = DiffusionModel(DiffusersDiT(models["wan"]), FlowSampling())
-    with pytest.raises(UnsupportedModel, match="RAS needs per-block attention"):
-        apply_ras(base)
-    assert base.wrappers == ()
