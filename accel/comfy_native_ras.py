@@ -1,20 +1,24 @@
-"""RAS on ComfyUI's own Flux and SD3 (MMDiT) models through ComfyUI's hooks (no forward is rebuilt).
+"""RAS on ComfyUI's own Flux, SD3 (MMDiT) and Wan models through ComfyUI's hooks (no forward is rebuilt).
 
 * ``APPLY_MODEL`` wrapper: per call picks the step, dense or sparse mode and (``accel.ras_select``) the active image
   tokens, shared by the CFG branches of an image. After the call, inactive pixels of a sparse call get the
   previous call's model output (velocity / eps, as in ``accel.ras``): ComfyUI returns the denoised image, which is
   affine in the model output (``model_sampling.calculate_denoised``), so the model output is recovered from it.
 * ``patches_replace["dit"]`` on every block: the first block keeps only the active image tokens (text tokens stay)
-  and every block gets RoPE (``pe``) cut to the kept tokens; the last block scatters its output into the previous
+  and every block gets RoPE (``pe``) cut to the kept tokens (Wan 2.2's per-frame modulation ``vec`` too, spread
+  to the tokens the way Wan's ``repeat_e`` does first); the last block scatters its output into the previous
   call's full stack output (``prev_tokens``), so the head sees the whole layout.
 * ``transformer_options["optimized_attention_override"]``: at dense calls every block attention's K/V is cached;
   at sparse calls the active queries attend over all keys/values, the cache refreshed at the active positions
   (``accel.kv_cache.cached_attention``). Attention calls are keyed by (block, call within the block), so SD3.5's
-  second (image-only) attention gets its own cache; leading text/context tokens are always active.
+  second (image-only) attention gets its own cache; leading text/context tokens are always active. Wan's blocks
+  route their self-attention only (the first call); its cross-attention to the text runs as is on the kept queries.
+* Tokens form a grid of the latent's spatial dims over the patch: (rows, cols) for Flux / SD3, (frames, rows,
+  cols) for Wan (patch ``(1, 2, 2)``), so token choice and the pixel merge work on videos too.
 * Calls with a ControlNet, an attention mask, reference-latent tokens (Flux Kontext) or a size not divisible by
   the patch run plain (and the next sparse step runs dense first). Run state is fresh per run (``SAMPLER_SAMPLE``).
 
-Wan (video, 3-D tokens) and subclasses with work between blocks are refused (``UnsupportedModel``).
+Subclasses with work between blocks (VACE, camera, S2V ... Wan, Chroma) are refused (``UnsupportedModel``).
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from .adapter import UnsupportedModel
 from .comfy_native import PLAIN_OPTION, block_keys, call_inner, class_path, existing_patches
 from .kv_cache import cached_attention, fill_cache, gather_tokens, scatter_tokens
 from .ras import WRAPPER_KEY, branch_state, stack_index
-from .ras_select import RASConfig, select_tokens
+from .ras_select import Patch, RASConfig, pixel_mask, select_tokens, token_grid
 from .stacking import check_one_sigma
 
 SUPPORTED = {
     "comfy.ldm.flux.model.Flux": "ComfyUI Flux",
     "comfy.ldm.modules.diffusionmodules.mmdit.OpenAISignatureMMDITWrapper": "ComfyUI SD3 (MMDiT)",
+    "comfy.ldm.wan.model.WanModel": "ComfyUI Wan 2.1/2.2 (WanModel)",
 }
+WAN = "comfy.ldm.wan.model.WanModel"
 RUN_OPTION = "turbosample_ras_run"
 CALL_KEY = "ras_call"
 OVERRIDE = "optimized_attention_override"
@@ -52,16 +58,17 @@ def supported_names() -> str:
 
 def check_supported(diffusion_model: object) -> None:
     """UnsupportedModel unless RAS can patch ``diffusion_model`` through ComfyUI's block hooks."""
+    if class_path(diffusion_model) not in SUPPORTED:
+        raise UnsupportedModel(f"RAS cannot run ComfyUI's {type(diffusion_model).__name__}: no block hooks for it "
+                               "are implemented")
+
+
+def patch_size(diffusion_model: torch.nn.Module) -> Patch:
+    """Square patch side (Flux, SD3) or (frames, rows, cols) patch (Wan)."""
     path = class_path(diffusion_model)
-    if path in SUPPORTED:
-        return
-    why = ("its 3-D video token grid is not handled (token choice and pixel merge are 2-D)"
-           if path.startswith("comfy.ldm.wan.") else "no block hooks for it are implemented")
-    raise UnsupportedModel(f"RAS cannot run ComfyUI's {type(diffusion_model).__name__}: {why}")
-
-
-def patch_size(diffusion_model: torch.nn.Module) -> int:
-    if class_path(diffusion_model) == "comfy.ldm.flux.model.Flux":
+    if path == WAN:
+        return tuple(int(p) for p in diffusion_model.patch_size)
+    if path == "comfy.ldm.flux.model.Flux":
         return int(diffusion_model.patch_size)
     return int(diffusion_model.x_embedder.patch_size[0])
 
@@ -86,16 +93,18 @@ def sampler_sample_wrapper(executor, guider, sigmas, extra_args, *args, **kwargs
         options.pop(RUN_OPTION, None)
 
 
-def begin_call(cfg: RASConfig, patch: int, x: torch.Tensor, options: dict, store: dict) -> dict | None:
+def begin_call(cfg: RASConfig, patch: Patch, x: torch.Tensor, options: dict, store: dict) -> dict | None:
     """The plan of one model call (mode dense / sparse / plain), or None outside a sampling run."""
-    if x.ndim != 4:
+    dims = (patch,) * 2 if isinstance(patch, int) else patch
+    if x.ndim != 2 + len(dims):
         return None
     found = branch_state(patch, cfg, x, {**options, "run_state": store})
     if found is None:
         return None
     state, step, n_drop, n_chunks = found
-    call = {"state": state, "step": step, "n_img": state.drops.shape[1], "mode": "dense", "block": None}
-    if x.shape[-2] % patch or x.shape[-1] % patch or options.get(PLAIN_OPTION):
+    call = {"state": state, "step": step, "n_img": state.drops.shape[1], "mode": "dense", "block": None,
+            "self_attention_only": not isinstance(patch, int)}
+    if any(size % p for size, p in zip(x.shape[2:], dims, strict=True)) or options.get(PLAIN_OPTION):
         call["mode"] = "plain"
     elif (n_drop > 0 and state.prev_out is not None and state.prev_tokens is not None and bool(state.filled.all())
           and state.caches):
@@ -108,15 +117,8 @@ def begin_call(cfg: RASConfig, patch: int, x: torch.Tensor, options: dict, store
     return call
 
 
-def active_pixels(active: torch.Tensor, grid: tuple[int, int], patch: int) -> torch.Tensor:
-    """(B, K) active token indices -> (B, 1, H, W) bool mask of their pixels."""
-    mask = torch.zeros(active.shape[0], grid[0] * grid[1], dtype=torch.bool, device=active.device)
-    mask = mask.scatter_(1, active, True).reshape(-1, 1, *grid)
-    return mask.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3)
-
-
 def finish_call(call: dict, denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, model_sampling,
-                patch: int) -> torch.Tensor:
+                patch: Patch) -> torch.Tensor:
     """Inactive pixels of a sparse call from the previous model output; records this call's model output."""
     state = call["state"]
     d0 = model_sampling.calculate_denoised(sigma, torch.zeros_like(denoised), x).to(denoised)
@@ -128,8 +130,7 @@ def finish_call(call: dict, denoised: torch.Tensor, x: torch.Tensor, sigma: torc
         return denoised
     output = (denoised - d0) / slope
     if call["mode"] == "sparse":
-        grid = (x.shape[-2] // patch, x.shape[-1] // patch)
-        mask = active_pixels(state.active, grid, patch)
+        mask = pixel_mask(state.active, token_grid(x.shape, patch), patch)
         output = torch.where(mask, output, state.prev_out.to(output))
         denoised = torch.where(mask, denoised, d0 + slope * output)
     elif call["mode"] == "dense" and call["complete"]:
@@ -150,14 +151,28 @@ def gather_dim(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     return t.gather(dim, index.reshape(shape).expand(full))
 
 
+def per_token(vec: torch.Tensor, n: int) -> torch.Tensor:
+    """Wan's per-frame modulation (B, F, 6, D) spread over its ``n`` tokens as Wan's ``repeat_e`` does."""
+    repeats = n // vec.shape[1]
+    if repeats * vec.shape[1] != n:
+        repeats += 1
+    return vec.repeat_interleave(repeats, dim=1)[:, :n]
+
+
 def start_sparse(call: dict, args: dict) -> dict:
-    """First block of a sparse call: keep the text and active image tokens; cut RoPE to them."""
+    """First block of a sparse call: keep the text and active image tokens; cut RoPE (and Wan's per-frame
+    modulation) to them. ``call["cut"]`` holds what every later block gets in place of the full tensors."""
     active = call["state"].active.to(args["img"].device)
     txt = args.get("txt")
-    n_txt = txt.shape[1] if torch.is_tensor(txt) else 0
-    call["img_index"] = active
-    if torch.is_tensor(args.get("pe")):
-        call["pe"] = gather_dim(args["pe"], 2, stack_index(active, n_txt + call["n_img"], call["n_img"]))
+    wan = call["self_attention_only"]  # Wan: ``txt`` is the cross-attention context, not part of the stack
+    n_txt = txt.shape[1] if torch.is_tensor(txt) and not wan else 0
+    call["img_index"], cut = active, {}
+    if torch.is_tensor(args.get("pe")):  # Flux / SD3: (1, 1, S, ...) over [txt; img]; Wan: (1, N, 1, ...)
+        cut["pe"] = gather_dim(args["pe"], 1 if wan else 2, stack_index(active, n_txt + call["n_img"], call["n_img"]))
+    vec = args.get("vec")
+    if wan and torch.is_tensor(vec) and vec.ndim == 4 and vec.shape[1] > 1:
+        cut["vec"] = gather_dim(per_token(vec, call["n_img"]), 1, active)
+    call["cut"] = cut
     return {**args, "img": gather_tokens(args["img"], active)}
 
 
@@ -181,8 +196,7 @@ def block_patches(model: torch.nn.Module, cfg: RASConfig, existing: dict | None 
             if call["mode"] == "sparse":
                 if key == first:
                     args = start_sparse(call, args)
-                if "pe" in call:
-                    args = {**args, "pe": call["pe"]}
+                args = {**args, **call.get("cut", {})}
             out = call_inner(inner, args, extra)
             call["block"] = None
             if key == last:
@@ -211,13 +225,15 @@ def attention_override(previous: Callable | None) -> Callable:
         call = current_call(kwargs.get("transformer_options"))
         if call is None or call["mode"] == "plain" or call["block"] is None or kwargs.get("mask") is not None:
             return attend(*args, **kwargs)
+        key = (call["block"], call["attention"])
+        call["attention"] += 1
+        if call["self_attention_only"] and key[1] > 0:  # Wan's cross-attention: per query, nothing to cache
+            return attend(*args, **kwargs)
         q, k, v, *rest = args
         heads = rest[0] if rest else kwargs["heads"]
         if not kwargs.get("skip_reshape", False):  # (B, L, heads * dim) -> (B, heads, L, dim)
             q, k, v = (t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
         kw = {**kwargs, "skip_reshape": True}
-        key = (call["block"], call["attention"])
-        call["attention"] += 1
         state = call["state"]
         if call["mode"] == "dense":
             state.caches[key] = fill_cache(k, v)
@@ -230,7 +246,7 @@ def attention_override(previous: Callable | None) -> Callable:
     return override
 
 
-def apply_model_wrapper(cfg: RASConfig, patch: int) -> Callable:
+def apply_model_wrapper(cfg: RASConfig, patch: Patch) -> Callable:
     def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
         options = transformer_options if transformer_options is not None else {}
         store = run_data(options)
@@ -256,7 +272,7 @@ def apply_model_wrapper(cfg: RASConfig, patch: int) -> Callable:
 
 
 def patch_model_patcher(model, cfg: RASConfig):
-    """A clone of a ComfyUI ModelPatcher holding Flux / SD3 running RAS; the original stays untouched."""
+    """A clone of a ComfyUI ModelPatcher holding Flux / SD3 / Wan running RAS; the original stays untouched."""
     import comfy.patcher_extension as pe
 
     diffusion_model = model.get_model_object("diffusion_model")

@@ -28,6 +28,8 @@ Decisions:
 * **Dual-stream models** (diffusers SD3 / Flux, ``accel.diffusers_adapters``): the block stack carries text
   tokens before the image tokens; text tokens are always active (``stack_index``), only image tokens are
   selected and dropped, and RoPE follows the kept tokens (``tokens_cond``).
+* **Videos** (diffusers / ComfyUI Wan): tokens form a (frames, rows, cols) grid with one patch size per dim;
+  token scores pool each 3-D patch and the pixel merge expands it back (``ras_select.token_grid`` / ``pixel_mask``).
 * **Starvation direction**: the official code multiplies the score by ``exp(+s*cnt)`` and drops the highest
   scores, so a dropped token becomes *more* likely to be dropped again (it is in effect never recomputed);
   its README says a larger scale gives "more uniform sampling", i.e. ``exp(-s*cnt)``. Measured on the built-in

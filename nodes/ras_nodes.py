@@ -34,13 +34,13 @@ def transformer_options_of(args: tuple, kwargs: dict) -> dict:
 
 def comfy_patch_ras(model, **settings) -> tuple:
     """ComfyUI: ModelPatcher -> clone with a DIFFUSION_MODEL wrapper (RAS) and an OUTER_SAMPLE one (state reset);
-    ComfyUI's own Flux / SD3 get block hooks instead (``accel.comfy_native_ras``)."""
+    ComfyUI's own Flux / SD3 / Wan get block hooks instead (``accel.comfy_native_ras``)."""
     if not hasattr(model, "get_model_object"):
         raise NodeInputError(f"TurboSample RAS needs a ComfyUI MODEL, got {type(model).__name__}")
     try:
         cfg = RASConfig(**settings)
         dit = model.get_model_object("diffusion_model")
-        if comfy_native_ras.class_path(dit).startswith("comfy."):  # ComfyUI's own models: Flux, SD3 or refused
+        if comfy_native_ras.class_path(dit).startswith("comfy."):  # ComfyUI's own models: Flux, SD3, Wan or refused
             comfy_native_ras.check_supported(dit)
             check_can_stack(model, WRAPPER_KEY)
             return (comfy_native_ras.patch_model_patcher(model, cfg),)
@@ -81,8 +81,8 @@ DEFAULTS = RASConfig()
 NODES: tuple[NodeSpec, ...] = (
     NodeSpec("TurboSampleRAS", "TurboSample RAS (region-adaptive sampling)", CATEGORY,
              "Region-Adaptive Sampling: at most steps only the most active image regions run through the "
-             "transformer; the rest reuse the previous step's prediction. Built-in model; in ComfyUI also Flux "
-             "and SD3 (MMDiT).",
+             "transformer; the rest reuse the previous step's prediction. Built-in model; in ComfyUI also Flux, "
+             "SD3 (MMDiT) and Wan 2.1/2.2 (video: tokens per frame).",
              (Param("model", "MODEL"),
               Param("sample_ratio", "FLOAT", DEFAULTS.sample_ratio, 0.05, 1.0, 0.05,
                     tooltip="Fraction of image tokens recomputed at a sparse step (1 = no acceleration)."),

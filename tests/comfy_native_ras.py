@@ -1,8 +1,8 @@
-"""Run under ComfyUI's Python (cwd = ComfyUI checkout): RAS on tiny random-weight ComfyUI Flux and SD3 (MMDiT)
-models through the TurboSampleRAS node, sampled by ComfyUI's CFGGuider + KSAMPLER (euler, CFG 3). Prints one JSON
-object of measurements; tests/test_comfyui_ras_native.py asserts on them.
+"""Run under ComfyUI's Python (cwd = ComfyUI checkout): RAS on tiny random-weight ComfyUI Flux, SD3 (MMDiT) and
+Wan 2.1 models through the TurboSampleRAS node, sampled by ComfyUI's CFGGuider + KSAMPLER (euler, CFG 3). Prints
+one JSON object of measurements; tests/test_comfyui_ras_native.py asserts on them.
 
-The sampler callback gives each step's CFG-combined denoised image; both models are flow models, so the combined
+The sampler callback gives each step's CFG-combined denoised image; the models are flow models, so the combined
 model output (velocity) is ``(x - x0) / sigma``. Block pre-hooks record how many image tokens enter the stack.
 """
 
@@ -18,24 +18,27 @@ import comfy_native_magcache as tiny  # noqa: E402  (loads the pack, puts ComfyU
 from turbosample.accel import comfy_native_ras as native  # noqa: E402
 from turbosample.accel.magcache import MagCacheSettings  # noqa: E402
 from turbosample.accel.ras import BranchState  # noqa: E402
+from turbosample.accel.ras_select import pixel_mask, token_grid  # noqa: E402
 from turbosample.nodes import comfy_magcache  # noqa: E402
 from turbosample.nodes.ras_nodes import comfy_patch_ras  # noqa: E402
 from turbosample.nodes.spec import NodeInputError  # noqa: E402
 
 torch.set_num_threads(1)
 STEPS = 6
-SHAPE = (1, 16, 16, 16)  # 8 x 8 = 64 image tokens at patch 2
-TOKENS = 64
+SHAPES = {"flux": (1, 16, 16, 16), "sd3": (1, 16, 16, 16),  # 8 x 8 = 64 image tokens at patch 2
+          "wan": (1, 16, 2, 16, 16)}  # 2 frames x 8 x 8 = 128 tokens at patch (1, 2, 2)
+TOKENS = {"flux": 64, "sd3": 64, "wan": 128}
 
 
 def sample(patcher, kind: str, cfg: float = 3.0, seed: int = 0) -> tuple[torch.Tensor, list, list]:
     """(denoised latent, per-step model outputs (B, C, H, W), image tokens entering the first block per call)."""
     dm = patcher.get_model_object("diffusion_model")
-    first = dm.double_blocks[0] if kind == "flux" else dm.joint_blocks[0]
+    first = getattr(dm, {"flux": "double_blocks", "sd3": "joint_blocks", "wan": "blocks"}[kind])[0]
     counts: list[int] = []
+    shape = SHAPES[kind]
 
     def on_block(_m, args, kwargs):
-        img = kwargs["img"] if kind == "flux" else args[1]
+        img = {"flux": lambda: kwargs["img"], "sd3": lambda: args[1], "wan": lambda: args[0]}[kind]()
         counts.append(int(img.shape[1]))
 
     hook = first.register_forward_pre_hook(on_block, with_kwargs=True)
@@ -49,9 +52,9 @@ def sample(patcher, kind: str, cfg: float = 3.0, seed: int = 0) -> tuple[torch.T
     def callback(i, x0, x, _total):
         outputs.append((x - x0) / float(sigmas[i]))
 
-    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     try:
-        out = guider.sample(noise, torch.zeros(SHAPE), tiny.comfy.samplers.sampler_object("euler"), sigmas,
+        out = guider.sample(noise, torch.zeros(shape), tiny.comfy.samplers.sampler_object("euler"), sigmas,
                             callback=callback, seed=seed, disable_pbar=True)
     finally:
         hook.remove()
@@ -59,9 +62,11 @@ def sample(patcher, kind: str, cfg: float = 3.0, seed: int = 0) -> tuple[torch.T
 
 
 def changed_tokens(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, N) tokens (2x2 pixel patches) whose output differs by more than float rounding."""
+    """(B, N) tokens (2x2 pixel patches, per frame for videos) whose output differs by more than float rounding."""
     diff = (a - b).abs().amax(1, keepdim=True)
-    return (torch.nn.functional.max_pool2d(diff, 2) > 1e-4).flatten(1)
+    pooled = torch.nn.functional.max_pool2d(diff, 2) if diff.ndim == 4 else \
+        torch.nn.functional.max_pool3d(diff, (1, 2, 2))
+    return (pooled > 1e-4).flatten(1)
 
 
 def measure(kind: str) -> dict:
@@ -111,48 +116,55 @@ def measure(kind: str) -> dict:
     return res
 
 
-def direct(kind: str) -> dict:
+def direct(kind: str, per_frame: bool = False) -> dict:
     """One diffusion-model call with the RAS hooks and a hand-made call plan: a sparse call over the K/V caches of a
     dense call at the same input must give the dense output (inactive tokens' cached K/V are then exact), for a
-    random half of the tokens per batch row and for all tokens in shuffled order (checks RoPE slicing)."""
+    random half of the tokens per batch row and for all tokens in shuffled order (checks RoPE slicing).
+    ``per_frame``: Wan 2.2's one timestep per frame (its modulation must follow the kept tokens)."""
     base = tiny.tiny_patcher(kind)
     (ras,) = comfy_patch_ras(base, sample_ratio=0.5)
     dm = base.get_model_object("diffusion_model")
     g = torch.Generator().manual_seed(3)
-    x, t = torch.randn(2, *SHAPE[1:], generator=g), torch.full((2,), 0.7)
+    shape, n = SHAPES[kind], TOKENS[kind]
+    x = torch.randn(2, *shape[1:], generator=g)
+    t = torch.tensor([[0.7, 0.2], [0.5, 0.9]]) if per_frame else torch.full((2,), 0.7)
     context, y = torch.randn(2, 6, tiny.CTX, generator=g), torch.randn(2, tiny.POOLED, generator=g)
     with torch.no_grad():
         plain = dm(x, t, context, y=y)
         options = dict(ras.model_options["transformer_options"])
         run = options[native.RUN_OPTION] = native.RunState()
-        state = BranchState(shape=tuple(x.shape), drops=torch.zeros(2, TOKENS), filled=torch.zeros(2, dtype=bool))
+        state = BranchState(shape=tuple(x.shape), drops=torch.zeros(2, n), filled=torch.zeros(2, dtype=bool))
 
         def call(mode: str) -> torch.Tensor:
-            run.data[native.CALL_KEY] = {"state": state, "step": 0, "n_img": TOKENS, "mode": mode, "block": None,
-                                         "complete": False}
+            run.data[native.CALL_KEY] = {"state": state, "step": 0, "n_img": n, "mode": mode, "block": None,
+                                         "complete": False, "self_attention_only": kind == "wan"}
             return dm(x, t, context, y=y, transformer_options=options)
 
         state.caches = {}
         dense = call("dense")
         res = {"dense_vs_plain": float((dense - plain).abs().max()), "n_caches": len(state.caches)}
-        state.active = torch.stack([torch.randperm(TOKENS, generator=g)[:TOKENS // 2].sort().values
-                                    for _ in range(2)])
+        state.active = torch.stack([torch.randperm(n, generator=g)[:n // 2].sort().values for _ in range(2)])
         half = call("sparse")
         res["half_vs_dense"] = float((half - dense).abs().max())
         for _k, v in state.caches.values():  # stale values of the inactive tokens must show in the active ones
             v.mul_(0.5)
         stale = call("sparse")
         res["stale_vs_dense"] = float((stale - dense).abs().max())
-        pixels = native.active_pixels(state.active, (SHAPE[2] // 2, SHAPE[3] // 2), 2).expand_as(stale)
-        res["stale_inactive_vs_dense"] = float((stale - dense)[~pixels].abs().max())
-        state.active = torch.stack([torch.randperm(TOKENS, generator=g) for _ in range(2)])
+        pixels = pixel_mask(state.active, token_grid(x.shape, native.patch_size(dm)), native.patch_size(dm))
+        res["stale_inactive_vs_dense"] = float((stale - dense)[~pixels.expand_as(stale)].abs().max())
+        state.active = torch.stack([torch.randperm(n, generator=g) for _ in range(2)])
         res["shuffled_vs_dense"] = float((call("sparse") - dense).abs().max())
         res["dense_abs_max"] = float(dense.abs().max())
     return res
 
 
 def unsupported() -> dict:
+    import comfy.ldm.wan.model as wan_model
+
     base = tiny.tiny_patcher("wan")
+    vace = object.__new__(wan_model.VaceWanModel)  # a Wan subclass with work between blocks: refused
+    torch.nn.Module.__init__(vace)
+    base.add_object_patch("diffusion_model", vace)
     before = tiny.snapshot(base)
     try:
         comfy_patch_ras(base)
@@ -163,7 +175,9 @@ def unsupported() -> dict:
 
 
 if __name__ == "__main__":
-    kinds = sys.argv[2:] or ["flux", "sd3"]
+    kinds = sys.argv[2:] or ["flux", "sd3", "wan"]
     result = {kind: {**measure(kind), "direct": direct(kind)} for kind in kinds}
+    if "wan" in kinds:
+        result["wan"]["direct_per_frame"] = direct("wan", per_frame=True)
     result["unsupported"] = unsupported()
     print(json.dumps(result))

@@ -1,9 +1,9 @@
-"""RAS on ComfyUI's own Flux and SD3 (MMDiT) through block patches and the attention override
+"""RAS on ComfyUI's own Flux, SD3 (MMDiT) and Wan through block patches and the attention override
 (accel/comfy_native_ras.py).
 
 The ComfyUI part runs tests/comfy_native_ras.py under ComfyUI's Python (COMFYUI_DIR / COMFYUI_PYTHON; skipped
-without them) on tiny random-weight models sampled by ComfyUI's CFGGuider + KSAMPLER (euler, 6 steps, 64 image
-tokens). The rest checks the helpers without ComfyUI.
+without them) on tiny random-weight models sampled by ComfyUI's CFGGuider + KSAMPLER (euler, 6 steps; 64 image
+tokens, Wan 2 frames x 64). The rest checks the helpers without ComfyUI.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from turbosample.accel import comfy_native_ras as native
 from turbosample.accel.adapter import UnsupportedModel
 
 needs_comfy = requires_comfy()
-KINDS = ("flux", "sd3")
-TOKENS = 64
+KINDS = ("flux", "sd3", "wan")
+TOKENS = {"flux": 64, "sd3": 64, "wan": 128}
 
 
 @pytest.fixture(scope="module")
@@ -28,31 +28,32 @@ def comfy_results() -> dict:
 @needs_comfy
 @pytest.mark.parametrize("kind", KINDS)
 def test_ratio_one_equals_unpatched_exactly(comfy_results, kind):
-    r = comfy_results[kind]
-    assert r["plain_finite"] and r["plain_counts"] == [TOKENS] * 6  # cond+uncond in one call per step
+    r, n = comfy_results[kind], TOKENS[kind]
+    assert r["plain_finite"] and r["plain_counts"] == [n] * 6  # cond+uncond in one call per step
     assert r["ratio1_max_abs_diff"] == 0.0  # every block and attention runs with the same arguments
-    assert r["ratio1_counts"] == [TOKENS] * 6
+    assert r["ratio1_counts"] == [n] * 6
 
 
 @needs_comfy
 @pytest.mark.parametrize("kind", KINDS)
 def test_sparse_steps_run_half_the_image_tokens_and_change_only_them(comfy_results, kind):
-    r = comfy_results[kind]
-    assert r["sparse_counts"] == [TOKENS] * 2 + [TOKENS // 2] * 4  # warm-up 2, then ratio 0.5
+    r, n = comfy_results[kind], TOKENS[kind]
+    assert r["sparse_counts"] == [n] * 2 + [n // 2] * 4  # warm-up 2, then ratio 0.5
     assert r["warmup_max_abs_diff"] == 0.0
     # the CFG-combined model output of a sparse step differs from the step before at exactly the active tokens
-    assert r["sparse_changed_tokens"] == [TOKENS // 2] * 4
-    assert r["plain_changed_tokens"] == [TOKENS] * 4  # without RAS every token changes
+    assert r["sparse_changed_tokens"] == [n // 2] * 4
+    assert r["plain_changed_tokens"] == [n] * 4  # without RAS every token changes
     assert r["sparse_finite"] and r["sparse_differs"] and r["sparse_rel_err"] < 0.6  # random weights
     assert r["rerun_max_abs_diff"] == 0.0  # per-run state is fresh: a second run is identical
 
 
 @needs_comfy
-@pytest.mark.parametrize("kind", KINDS)
-def test_sparse_call_over_exact_caches_equals_the_dense_call(comfy_results, kind):
-    d = comfy_results[kind]["direct"]
+@pytest.mark.parametrize("kind, case", [(k, "direct") for k in KINDS] + [("wan", "direct_per_frame")])
+def test_sparse_call_over_exact_caches_equals_the_dense_call(comfy_results, kind, case):
+    """``direct_per_frame``: Wan 2.2's per-frame timestep, whose modulation must follow the kept tokens."""
+    d = comfy_results[kind][case]
     assert d["dense_vs_plain"] == 0.0  # caching K/V changes nothing
-    assert d["n_caches"] == (4 if kind == "flux" else 2)  # one attention per block
+    assert d["n_caches"] == {"flux": 4, "sd3": 2, "wan": 3}[kind]  # one self-attention per block
     tol = 1e-5 * d["dense_abs_max"]
     assert d["half_vs_dense"] <= tol  # a random half per batch row over caches of the same input
     assert d["shuffled_vs_dense"] <= tol  # all tokens in shuffled order: RoPE follows the kept tokens
@@ -70,9 +71,9 @@ def test_original_untouched_and_magcache_pairing_refused(comfy_results, kind):
 
 
 @needs_comfy
-def test_wan_is_refused_with_a_reason(comfy_results):
+def test_wan_subclass_is_refused_with_a_reason(comfy_results):
     u = comfy_results["unsupported"]
-    assert "WanModel" in u["message"] and "video" in u["message"] and "Flux" in u["message"]
+    assert "VaceWanModel" in u["message"] and "no block hooks" in u["message"] and "Wan 2.1/2.2" in u["message"]
     assert u["untouched"]
 
 
@@ -81,11 +82,10 @@ def test_unknown_class_is_refused_by_name():
         native.check_supported(torch.nn.Linear(2, 2))
 
 
-def test_active_pixels_marks_the_patches_of_active_tokens():
-    mask = native.active_pixels(torch.tensor([[0, 3]]), (2, 2), 2)
-    want = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
-    want[..., :2, :2] = want[..., 2:, 2:] = True
-    assert torch.equal(mask, want)
+def test_per_token_spreads_frames_over_their_tokens_like_wan():
+    vec = torch.arange(2.0).reshape(1, 2, 1, 1)  # two frames
+    assert native.per_token(vec, 6).flatten().tolist() == [0, 0, 0, 1, 1, 1]
+    assert native.per_token(vec, 5).flatten().tolist() == [0, 0, 0, 1, 1]  # uneven: repeat one more, cut
 
 
 def test_gather_dim_follows_each_rows_index_and_broadcasts_batch_one():

@@ -12,7 +12,15 @@ import torch.nn.functional as F
 from turbosample.accel.adapter import UnsupportedModel, transformer_parts
 from turbosample.accel.kv_cache import cached_attention, fill_cache
 from turbosample.accel.ras import apply_ras, dense_forward, sparse_forward
-from turbosample.accel.ras_select import RASConfig, is_dense_step, select_tokens, step_index
+from turbosample.accel.ras_select import (
+    RASConfig,
+    is_dense_step,
+    pixel_mask,
+    select_tokens,
+    step_index,
+    token_grid,
+    token_metric,
+)
 from turbosample.models.dit import TinyDiT
 from turbosample.nodes.registry import NODE_BY_ID
 from turbosample.nodes.spec import NodeInputError
@@ -274,3 +282,25 @@ def test_comfyui_node_matches_standalone(tmp_path):
     assert result["ratio1"] == 0.0 and result["base_after"] == 0.0 and result["rerun"] == 0.0
     assert result["sparse_vs_plain"] > 1e-3  # RAS really ran inside ComfyUI's sampling
     assert result["vs_standalone"] < 1e-4
+
+
+def test_pixel_mask_marks_the_patches_of_active_tokens_in_images_and_videos():
+    mask = pixel_mask(torch.tensor([[0, 3]]), (2, 2), 2)
+    want = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    want[..., :2, :2] = want[..., 2:, 2:] = True
+    assert torch.equal(mask, want)
+    video = pixel_mask(torch.tensor([[1, 6]]), (2, 2, 2), (1, 2, 2))  # token 1: frame 0 (0, 1); 6: frame 1 (1, 0)
+    want = torch.zeros(1, 1, 2, 4, 4, dtype=torch.bool)
+    want[0, 0, 0, :2, 2:] = want[0, 0, 1, 2:, :2] = True
+    assert torch.equal(video, want)
+
+
+def test_token_metric_and_grid_pool_each_patch_of_a_video():
+    out = torch.zeros(1, 2, 2, 4, 4)
+    out[0, 0, 1, 2:, 2:] = 2.0  # frame 1, bottom-right patch: channel std there is sqrt(2)
+    score = token_metric(out, (1, 2, 2), "std")
+    assert token_grid(out.shape, (1, 2, 2)) == (2, 2, 2) and score.shape == (1, 8)
+    assert score[0].nonzero().flatten().tolist() == [7]
+    assert torch.allclose(score[0, 7], torch.tensor(2.0).div(2).mul(2 ** 0.5))
+    with pytest.raises(ValueError, match="spatial dims"):
+        token_grid(out.shape, (2, 2))
