@@ -11,7 +11,9 @@ Flux also ``("single_block", i)``), which each model's forward consults in place
   puts the batch back together. None skip: the blocks run as usual and the last block caches the residual.
 * Flux's single blocks work on ``cat(txt, img)``: the residual covers the trailing image tokens only (the
   text part of the stack output is cut away by Flux before the head; skipped rows get zeros there).
-* A block patch already on the model (another node's) is kept: ours calls it in place of the bare block.
+* A block patch already on the model (another node's) is kept: ours calls it in place of the bare block. RAS's
+  patches (``accel.comfy_native_ras``) always sit inside MagCache's, whichever node came first: MagCache decides
+  per call whether the stack runs, RAS runs it on the active tokens (``split_magcache`` / ``turbosample_rebuild``).
 
 Run state (``state_of(transformer_options)``) is the per-run dict of the ComfyUI wrapper; without it (or with
 a ControlNet, whose residuals live inside the skipped stack) every block runs as usual. Only the exact classes
@@ -148,9 +150,13 @@ def magcache_block_patches(model: torch.nn.Module, settings: MagCacheSettings, s
     existing = existing or {}
     first, last = keys[0], keys[-1]
 
+    def rebuild(inner_patches: dict) -> dict[Key, Callable]:
+        return magcache_block_patches(model, settings, state_of, curve_for, record, inner_patches)
+
     def make(key: Key) -> Callable:
         inner = existing.get(key)
-        inner = getattr(inner, "turbosample_inner", inner)
+        if getattr(inner, "turbosample_kind", None) == "magcache":  # MagCache applied again: replace, never nest
+            inner = inner.turbosample_inner
 
         def patch(args: dict, extra: dict) -> dict:
             options = args.get("transformer_options") or {}
@@ -177,9 +183,20 @@ def magcache_block_patches(model: torch.nn.Module, settings: MagCacheSettings, s
             return out
 
         patch.turbosample_inner = inner
+        patch.turbosample_kind = "magcache"
+        patch.turbosample_rebuild = rebuild  # the same MagCache around other inner patches (RAS goes inside)
         return patch
 
     return {key: make(key) for key in keys}
+
+
+def split_magcache(existing: dict) -> tuple[Callable | None, dict]:
+    """(MagCache's ``rebuild`` or None, the patches inside MagCache's): lets RAS go inside MagCache's patches."""
+    found = [p for p in existing.values() if getattr(p, "turbosample_kind", None) == "magcache"]
+    if not found:
+        return None, existing
+    inner = {k: getattr(p, "turbosample_inner", p) for k, p in existing.items()}
+    return found[0].turbosample_rebuild, {k: p for k, p in inner.items() if p is not None}
 
 
 def recording_block_patches(model: torch.nn.Module, records: dict, state_of: StateOf,

@@ -17,6 +17,11 @@
   cols) for Wan (patch ``(1, 2, 2)``), so token choice and the pixel merge work on videos too.
 * Calls with a ControlNet, an attention mask, reference-latent tokens (Flux Kontext) or a size not divisible by
   the patch run plain (and the next sparse step runs dense first). Run state is fresh per run (``SAMPLER_SAMPLE``).
+* With MagCache (``accel.comfy_native``) on the same model RAS's block patches sit inside MagCache's, whichever
+  node came first. MagCache computing every CFG branch: RAS runs the stack as above. MagCache skipping the whole
+  stack: RAS's blocks do not run, its K/V caches stay as they were, the call's output is recorded as the previous
+  output, a skipped dense step moves to the next computed step. MagCache computing some branches only: that call
+  runs every token of those rows (plain) and the next computed step is dense.
 
 Subclasses with work between blocks (VACE, camera, S2V ... Wan, Chroma) are refused (``UnsupportedModel``).
 """
@@ -28,7 +33,7 @@ from collections.abc import Callable
 import torch
 
 from .adapter import UnsupportedModel
-from .comfy_native import PLAIN_OPTION, block_keys, call_inner, class_path, existing_patches
+from .comfy_native import PLAIN_OPTION, block_keys, call_inner, class_path, existing_patches, split_magcache
 from .kv_cache import cached_attention, fill_cache, gather_tokens, scatter_tokens
 from .ras import WRAPPER_KEY, branch_state, stack_index
 from .ras_select import Patch, RASConfig, pixel_mask, select_tokens, token_grid
@@ -129,7 +134,10 @@ def finish_call(call: dict, denoised: torch.Tensor, x: torch.Tensor, sigma: torc
         state.prev_out = None
         return denoised
     output = (denoised - d0) / slope
-    if call["mode"] == "sparse":
+    if not call.get("entered"):  # MagCache skipped the whole stack: K/V caches unchanged, output taken as is
+        if call["mode"] == "dense":  # its caches were dropped: the next computed step runs dense
+            state.filled.zero_()
+    elif call["mode"] == "sparse":
         mask = pixel_mask(state.active, token_grid(x.shape, patch), patch)
         output = torch.where(mask, output, state.prev_out.to(output))
         denoised = torch.where(mask, denoised, d0 + slope * output)
@@ -184,13 +192,19 @@ def block_patches(model: torch.nn.Module, cfg: RASConfig, existing: dict | None 
 
     def make(j: int, key: tuple) -> Callable:
         inner = existing.get(key)
+        if getattr(inner, "turbosample_kind", None) == "ras":  # RAS applied again: replace, never nest
+            inner = inner.turbosample_inner
 
         def patch(args: dict, extra: dict) -> dict:
             call = current_call(args.get("transformer_options"))
+            if call is not None and key == first:
+                call["entered"] = True
             if call is None or call["mode"] == "plain":
                 return call_inner(inner, args, extra)
-            if key == first and (args["img"].shape[1] != call["n_img"] or args.get("attn_mask") is not None):
-                call["mode"] = "plain"  # extra tokens (reference latents) or a mask: run as usual
+            if key == first and (args["img"].shape[1] != call["n_img"] or args.get("attn_mask") is not None
+                                 or args["img"].shape[0] != call["state"].shape[0]):
+                # extra tokens (reference latents), a mask, or MagCache running some CFG branches only: as usual
+                call["mode"] = "plain"
                 return call_inner(inner, args, extra)
             call["block"], call["attention"] = j, 0
             if call["mode"] == "sparse":
@@ -210,6 +224,7 @@ def block_patches(model: torch.nn.Module, cfg: RASConfig, existing: dict | None 
             return out
 
         patch.turbosample_inner = inner
+        patch.turbosample_kind = "ras"
         return patch
 
     return {key: make(j, key) for j, key in enumerate(keys)}
@@ -278,7 +293,10 @@ def patch_model_patcher(model, cfg: RASConfig):
     diffusion_model = model.get_model_object("diffusion_model")
     check_supported(diffusion_model)
     patched = model.clone()
-    patches = block_patches(diffusion_model, cfg, existing_patches(patched.model_options))
+    rebuild_magcache, inner = split_magcache(existing_patches(patched.model_options))
+    patches = block_patches(diffusion_model, cfg, inner)
+    if rebuild_magcache is not None:  # MagCache already on: RAS goes inside its patches (MagCache decides first)
+        patches = rebuild_magcache(patches)
     for (block, i), p in patches.items():
         patched.set_model_patch_replace(p, "dit", block, i)
     options = patched.model_options.setdefault("transformer_options", {})

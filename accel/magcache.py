@@ -32,7 +32,7 @@ import torch
 
 from .adapter import TransformerParts, transformer_parts
 from .ras import RASRunner, ras_runner
-from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_can_stack, check_one_sigma, partner_settings
+from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_one_sigma, partner_settings
 
 STATE_KEY = "magcache"
 BranchKey = tuple[int, int]  # (cond_or_uncond entry, occurrence in the batch)
@@ -234,7 +234,6 @@ def magcache_model(model, settings: MagCacheSettings, key: str = "magcache",
     Stacks with RAS (either order): the block stack then runs through RAS's runner on the steps MagCache computes.
     """
     parts = transformer_parts(model.diffusion_model)
-    check_can_stack(model, "magcache")
     mine = (settings, curve_for, record)
 
     def wrapper(forward, x, timestep, context, options):

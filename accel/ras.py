@@ -53,7 +53,7 @@ from ..samplers.denoiser import DiffusionModel
 from .adapter import TransformerParts, UnsupportedModel, transformer_parts
 from .kv_cache import cached_attention, fill_cache, gather_tokens, scatter_tokens
 from .ras_select import Patch, RASConfig, drop_count, pixel_mask, select_tokens, step_index, token_grid
-from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_can_stack, check_one_sigma, partner_settings
+from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_one_sigma, partner_settings
 
 WRAPPER_KEY = "turbosample.ras"
 
@@ -281,5 +281,4 @@ def apply_ras(model: DiffusionModel, **settings) -> DiffusionModel:
     if not isinstance(model, DiffusionModel):
         raise UnsupportedModel(f"RAS patches a turbosample DiffusionModel here, got {type(model).__name__}")
     cfg = RASConfig(**settings)
-    check_can_stack(model, WRAPPER_KEY)
     return add_block_stack_wrapper(model, WRAPPER_KEY, ras_wrapper(model.diffusion_model, cfg))

@@ -8,19 +8,18 @@ wrapper is inner runs it, and the outer one becomes a ``Handover`` that only pas
 
 In ComfyUI, on the built-in model, the node applied second replaces both ``DIFFUSION_MODEL`` wrappers by one
 that runs both (``nodes.comfy_block_stack``). ComfyUI's own Flux / SD3 / Wan are patched per block
-(``patches_replace["dit"]``), where the two patch sets cannot share the stack yet: there the pair is refused.
+(``patches_replace["dit"]``): RAS's patches always sit inside MagCache's (``accel.comfy_native_ras``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 BLOCK_STACK_OWNERS = {"magcache": "MagCache", "turbosample_magcache": "MagCache", "turbosample.ras": "RAS"}
-STANDALONE_STACKABLE = {"magcache", "turbosample.ras"}  # keys of our own DiffusionModel wrappers
 STACK_OPTION = "turbosample.block_stack"  # options entry: {role: settings} of outer block-stack wrappers
 
 
@@ -42,22 +41,6 @@ def wrapper_keys(model: object) -> set[str]:
     if isinstance(wrappers, dict):
         return {key for by_key in wrappers.values() for key in by_key}
     return {key for key, _fn in wrappers}
-
-
-def check_can_stack(model: object, adding: str, keys: Iterable[str] | None = None) -> None:
-    """Raise StackingError if ``adding`` (a wrapper key) would share the block stack with an owner it cannot join.
-
-    MagCache + RAS stack on a turbosample DiffusionModel (keys "magcache" and "turbosample.ras"); the ComfyUI
-    nodes call this only for ComfyUI's own models, where the pair is refused.
-    """
-    name = BLOCK_STACK_OWNERS[adding]
-    present = {k for k in (keys if keys is not None else wrapper_keys(model)) if k in BLOCK_STACK_OWNERS}
-    others = sorted({BLOCK_STACK_OWNERS[k] for k in present if not (
-        BLOCK_STACK_OWNERS[k] == name or {k, adding} <= STANDALONE_STACKABLE)})
-    if others:
-        raise StackingError(f"{name} cannot be stacked with {', '.join(others)} on one of ComfyUI's own Flux / SD3 "
-                            f"/ Wan models yet: both patch its transformer blocks themselves (they stack on the "
-                            f"built-in model, in ComfyUI and the app); use one of them")
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,20 @@ def score(images: list[np.ndarray], refs: list[np.ndarray]) -> tuple[float, floa
     """(PSNR, SSIM, LPIPS) means; LPIPS is NaN when its weights are absent."""
     s = paired_scores(images, refs)
     return s["psnr"], s["ssim"], float("nan") if s["lpips"] is None else s["lpips"]
+
+
+def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
+    """Unbiased squared MMD between sample sets x (n, d) and y (m, d) with an RBF kernel."""
+    def k(a, b):
+        return torch.exp(-torch.cdist(a.double(), b.double()).square() / (2 * bandwidth ** 2))
+
+    n, m = len(x), len(y)
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    return float((kxx.sum() - kxx.trace()) / (n * (n - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1))
+                 - 2 * kxy.mean())
+
+
+def median_bandwidth(y: torch.Tensor) -> float:
+    """The median pairwise distance of a sample set (n, d): the usual RBF bandwidth heuristic."""
+    d = torch.cdist(y.double(), y.double())
+    return float(d[~torch.eye(len(y), dtype=torch.bool)].median())

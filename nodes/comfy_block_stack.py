@@ -5,7 +5,7 @@ its role and settings; a node applied to a model that already carries the other 
 one that runs RAS's sparse block stack on the steps MagCache computes (``accel.ras.ras_call`` with MagCache's
 settings, the same call the app makes), so either order of the nodes gives the same model. The run state is
 MagCache's per-run holder (its ``SAMPLER_SAMPLE`` wrapper), fresh for every run. ComfyUI's own Flux / SD3 / Wan
-are patched per block instead and still refuse the pair (``accel.stacking.check_can_stack``).
+are patched per block instead, RAS's patches inside MagCache's (``accel.comfy_native_ras``).
 """
 
 from __future__ import annotations

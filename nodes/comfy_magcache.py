@@ -18,7 +18,6 @@ from collections.abc import Callable
 from ..accel import comfy_native
 from ..accel.adapter import UnsupportedModel, transformer_parts
 from ..accel.magcache import MagCacheSettings, magcache_forward
-from ..accel.stacking import check_can_stack
 from .comfy_block_stack import MAGCACHE_KEY, replace_block_stack_wrappers, roles_of, stacked_wrapper, tagged
 
 WRAPPER_KEY = MAGCACHE_KEY
@@ -130,7 +129,6 @@ def patch_model_patcher(model, settings: MagCacheSettings, curve_for: Callable |
     diffusion_model = model.get_model_object("diffusion_model")
     check_supported(diffusion_model)  # raises UnsupportedModel before anything is patched
     if comfy_native.is_native(diffusion_model):
-        check_can_stack(model, WRAPPER_KEY)  # per-block patches: RAS on the same model is still refused
         return patch_native(model, settings, curve_for)
     ras_cfg = roles_of(model).get("ras")  # the built-in model with RAS on it: one wrapper runs both
     wrapper = (stacked_wrapper((settings, curve_for, None), ras_cfg, RUN_STATE_OPTION) if ras_cfg is not None

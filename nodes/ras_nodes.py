@@ -6,7 +6,6 @@ from ..accel import comfy_native_ras
 from ..accel.adapter import UnsupportedModel
 from ..accel.ras import WRAPPER_KEY, apply_ras, ras_call, ras_parts
 from ..accel.ras_select import METRICS, STARVATION_MODES, RASConfig
-from ..accel.stacking import check_can_stack
 from ..samplers.denoiser import DiffusionModel
 from .comfy_block_stack import replace_block_stack_wrappers, roles_of, stacked_wrapper, tagged
 from .comfy_magcache import RUN_STATE_OPTION
@@ -42,7 +41,6 @@ def comfy_patch_ras(model, **settings) -> tuple:
         dit = model.get_model_object("diffusion_model")
         if comfy_native_ras.class_path(dit).startswith("comfy."):  # ComfyUI's own models: Flux, SD3, Wan or refused
             comfy_native_ras.check_supported(dit)
-            check_can_stack(model, WRAPPER_KEY)
             return (comfy_native_ras.patch_model_patcher(model, cfg),)
         parts = ras_parts(dit)
     except (UnsupportedModel, ValueError) as exc:

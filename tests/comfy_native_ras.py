@@ -31,7 +31,8 @@ TOKENS = {"flux": 64, "sd3": 64, "wan": 128}
 
 
 def sample(patcher, kind: str, cfg: float = 3.0, seed: int = 0) -> tuple[torch.Tensor, list, list]:
-    """(denoised latent, per-step model outputs (B, C, H, W), image tokens entering the first block per call)."""
+    """(denoised latent, per-step model outputs (B, C, H, W), image tokens entering the first block per call;
+    [rows, tokens] when not both CFG rows run the blocks)."""
     dm = patcher.get_model_object("diffusion_model")
     first = getattr(dm, {"flux": "double_blocks", "sd3": "joint_blocks", "wan": "blocks"}[kind])[0]
     counts: list[int] = []
@@ -39,7 +40,7 @@ def sample(patcher, kind: str, cfg: float = 3.0, seed: int = 0) -> tuple[torch.T
 
     def on_block(_m, args, kwargs):
         img = {"flux": lambda: kwargs["img"], "sd3": lambda: args[1], "wan": lambda: args[0]}[kind]()
-        counts.append(int(img.shape[1]))
+        counts.append(int(img.shape[1]) if img.shape[0] == 2 else [int(img.shape[0]), int(img.shape[1])])
 
     hook = first.register_forward_pre_hook(on_block, with_kwargs=True)
     positive, negative = tiny.conds(kind)
@@ -97,23 +98,40 @@ def measure(kind: str) -> dict:
     again, _, _ = sample(ras, kind)
     res["rerun_max_abs_diff"] = float((again - out2).abs().max())
 
-    # RAS and MagCache both own the block stack: refused in either order, nothing patched
-    try:
-        comfy_magcache.patch_model_patcher(ras, MagCacheSettings({0: (1.0,) * STEPS}))
-        res["magcache_on_ras"] = ""
-    except ValueError as exc:
-        res["magcache_on_ras"] = str(exc)
-    mag = comfy_magcache.patch_model_patcher(base, MagCacheSettings({0: (1.0,) * STEPS}))
-    try:
-        comfy_patch_ras(mag)
-        res["ras_on_magcache"] = ""
-    except NodeInputError as exc:
-        res["ras_on_magcache"] = str(exc)
-
+    res["stack"] = stacked(base, kind, plain, out2)
     res["original_untouched"] = tiny.snapshot(base) == before
     plain2, _, _ = sample(base, kind)
     res["original_rerun_max_abs_diff"] = float((plain2 - plain).abs().max())
     return res
+
+
+def stacked(base, kind: str, plain: torch.Tensor, ras_only: torch.Tensor) -> dict:
+    """MagCache + RAS on one ComfyUI model (RAS's block patches inside MagCache's, whichever node came first)."""
+    neutral = MagCacheSettings({0: (1.0,) * STEPS}, threshold=0.0, retention_ratio=0.0)  # computes every step
+    (dense_ras,) = comfy_patch_ras(comfy_magcache.patch_model_patcher(base, neutral), sample_ratio=1.0,
+                                   warmup_steps=1)
+    out0, _, _ = sample(dense_ras, kind)
+    # flat curves: both branches skip steps 3 and 5 (K = 1 between computed steps); RAS sparse from step 2
+    skipping = MagCacheSettings({0: (1.0,) * STEPS}, threshold=0.5, max_skip_steps=1, retention_ratio=0.4)
+    ras = {"sample_ratio": 0.5, "warmup_steps": 2, "dense_every": 0}
+    (mag_then_ras,) = comfy_patch_ras(comfy_magcache.patch_model_patcher(base, skipping), **ras)
+    (ras_only_model,) = comfy_patch_ras(base, **ras)
+    ras_then_mag = comfy_magcache.patch_model_patcher(ras_only_model, skipping)
+    a, _, counts_a = sample(mag_then_ras, kind)
+    b, _, counts_b = sample(ras_then_mag, kind)
+    again, _, _ = sample(mag_then_ras, kind)
+    mag_only, _, mag_counts = sample(comfy_magcache.patch_model_patcher(base, skipping), kind)
+    # the cond branch skips, the uncond one never does: MagCache runs the uncond rows alone, RAS runs them plain
+    split = MagCacheSettings({0: (1.0,) * STEPS, 1: (1.0,) + (3.0,) * (STEPS - 1)}, threshold=0.5,
+                             max_skip_steps=1, retention_ratio=0.4)
+    (split_model,) = comfy_patch_ras(comfy_magcache.patch_model_patcher(base, split), **ras)
+    c, _, counts_c = sample(split_model, kind)
+    return {"neutral_vs_plain": float((out0 - plain).abs().max()), "orders_max_abs_diff": float((a - b).abs().max()),
+            "counts": counts_a, "counts_other_order": counts_b, "magcache_counts": mag_counts,
+            "rerun_max_abs_diff": float((again - a).abs().max()), "finite": bool(torch.isfinite(a).all()),
+            "vs_magcache_only": float((a - mag_only).abs().max()), "vs_ras_only": float((a - ras_only).abs().max()),
+            "rel_err": float((a - plain).norm() / plain.norm()), "split_counts": counts_c,
+            "split_finite": bool(torch.isfinite(c).all())}
 
 
 def direct(kind: str, per_frame: bool = False) -> dict:

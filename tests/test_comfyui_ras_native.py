@@ -63,11 +63,26 @@ def test_sparse_call_over_exact_caches_equals_the_dense_call(comfy_results, kind
 
 @needs_comfy
 @pytest.mark.parametrize("kind", KINDS)
-def test_original_untouched_and_magcache_pairing_refused(comfy_results, kind):
+def test_original_untouched(comfy_results, kind):
     r = comfy_results[kind]
     assert r["original_untouched"] and r["original_rerun_max_abs_diff"] == 0.0
-    assert "MagCache cannot be stacked with RAS" in r["magcache_on_ras"]
-    assert "RAS cannot be stacked with MagCache" in r["ras_on_magcache"]
+
+
+@needs_comfy
+@pytest.mark.parametrize("kind", KINDS)
+def test_magcache_and_ras_stack_in_either_order(comfy_results, kind):
+    s, n = comfy_results[kind]["stack"], TOKENS[kind]
+    assert s["neutral_vs_plain"] == 0.0  # MagCache computing every step + RAS at ratio 1 = the plain model
+    assert s["orders_max_abs_diff"] == 0.0 and s["counts"] == s["counts_other_order"]  # RAS always inside
+    # MagCache skips whole steps (blocks not run at all), RAS halves the tokens of the steps it computes
+    assert len(s["counts"]) == len(s["magcache_counts"]) < 6
+    assert s["counts"][:2] == [n, n] and s["counts"][2:] and all(c == n // 2 for c in s["counts"][2:])
+    assert s["finite"] and s["rerun_max_abs_diff"] == 0.0
+    assert s["vs_magcache_only"] > 1e-3 and s["vs_ras_only"] > 1e-3 and s["rel_err"] < 0.8  # both act (random weights)
+    # cond skips alone: MagCache runs the uncond row by itself, RAS runs it with every token; the next step is dense
+    assert s["split_finite"] and [1, n] in s["split_counts"]
+    after_split = [s["split_counts"][i + 1] for i, c in enumerate(s["split_counts"][:-1]) if c == [1, n]]
+    assert after_split and all(c == n for c in after_split)
 
 
 @needs_comfy

@@ -1,6 +1,6 @@
 """MagCache + RAS on one model: both orders agree, each reduces to the other or to the plain model when the
-other is off, one call follows the stacked rule, and ComfyUI's own models still refuse the pair before patching
-(the built-in model stacks in ComfyUI: tests/test_comfyui_acceptance.py)."""
+other is off, and one call follows the stacked rule (in ComfyUI: tests/test_comfyui_acceptance.py for the built-in
+model, tests/test_comfyui_ras_native.py for ComfyUI's own Flux / SD3 / Wan)."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from test_ras import small_dit
 from turbosample.accel.adapter import transformer_parts
 from turbosample.accel.magcache import MagCacheSettings, magcache_model
 from turbosample.accel.ras import WRAPPER_KEY, apply_ras, dense_forward, sparse_forward
-from turbosample.accel.stacking import BlockStackWrapper, Handover, StackingError, check_can_stack
+from turbosample.accel.stacking import BlockStackWrapper, Handover
 from turbosample.nodes.txt2img import Settings, to_api_prompt
 from turbosample.samplers.denoiser import DiffusionModel
 from turbosample.samplers.model_sampling import FlowSampling
@@ -111,13 +111,7 @@ def test_stacking_rewrites_only_the_new_copy(base):
     assert torch.equal(run(first), before)  # the MagCache-only copy still runs MagCache alone
 
 
-def test_comfyui_keys_are_still_refused_and_the_app_graph_takes_the_pair():
-    with pytest.raises(StackingError, match="RAS cannot be stacked with MagCache on one of ComfyUI's own Flux"):
-        check_can_stack(None, "turbosample.ras", keys=["turbosample_magcache"])
-    with pytest.raises(StackingError, match="MagCache cannot be stacked with RAS"):
-        check_can_stack(None, "turbosample_magcache", keys=["turbosample.ras"])
-    check_can_stack(None, "turbosample.ras", keys=["magcache"])  # standalone keys stack
-    check_can_stack(None, "magcache", keys=["turbosample.ras"])
+def test_the_app_graph_takes_the_pair():
     prompt = to_api_prompt(Settings(magcache_threshold=0.1, ras_ratio=0.5))
     ids = {n["class_type"]: i for i, n in prompt.items()}
     assert prompt[ids["TurboSampleRAS"]]["inputs"]["model"][0] == ids["TurboSampleMagCache"]
