@@ -34,9 +34,9 @@ import torch
 
 from .adapter import UnsupportedModel
 from .comfy_native import PLAIN_OPTION, block_keys, call_inner, class_path, existing_patches, split_magcache
-from .kv_cache import cached_attention, fill_cache, gather_tokens, scatter_tokens
+from .kv_cache import cached_attention, fill_cache, gather_dim, gather_tokens, scatter_tokens
 from .ras import WRAPPER_KEY, branch_state, stack_index
-from .ras_select import Patch, RASConfig, pixel_mask, select_tokens, token_grid
+from .ras_select import Patch, RASConfig, patch_dims, pixel_mask, select_tokens, token_grid
 from .stacking import check_one_sigma
 
 SUPPORTED = {
@@ -98,17 +98,19 @@ def sampler_sample_wrapper(executor, guider, sigmas, extra_args, *args, **kwargs
         options.pop(RUN_OPTION, None)
 
 
-def begin_call(cfg: RASConfig, patch: Patch, x: torch.Tensor, options: dict, store: dict) -> dict | None:
-    """The plan of one model call (mode dense / sparse / plain), or None outside a sampling run."""
-    dims = (patch,) * 2 if isinstance(patch, int) else patch
-    if x.ndim != 2 + len(dims):
+def begin_call(cfg: RASConfig, patch: Patch, x: torch.Tensor, options: dict, store: dict,
+               self_attention_only: bool = False) -> dict | None:
+    """The plan of one model call (mode dense / sparse / plain), or None outside a sampling run.
+    ``self_attention_only``: only a block's first attention call is cached and routed (Wan)."""
+    if x.ndim != 2 + (2 if isinstance(patch, int) else len(patch)):
         return None
+    dims = patch_dims(patch, x.ndim - 2)
     found = branch_state(patch, cfg, x, {**options, "run_state": store})
     if found is None:
         return None
     state, step, n_drop, n_chunks = found
     call = {"state": state, "step": step, "n_img": state.drops.shape[1], "mode": "dense", "block": None,
-            "self_attention_only": not isinstance(patch, int)}
+            "self_attention_only": self_attention_only}
     if any(size % p for size, p in zip(x.shape[2:], dims, strict=True)) or options.get(PLAIN_OPTION):
         call["mode"] = "plain"
     elif (n_drop > 0 and state.prev_out is not None and state.prev_tokens is not None and bool(state.filled.all())
@@ -147,16 +149,6 @@ def finish_call(call: dict, denoised: torch.Tensor, x: torch.Tensor, sigma: torc
         state.filled.zero_()
     state.prev_out = output.detach()
     return denoised
-
-
-def gather_dim(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
-    """``t`` (batch 1 or B) at positions ``index`` (B, K) of dimension ``dim``."""
-    t = t.expand(index.shape[0], *t.shape[1:])
-    shape = [index.shape[0]] + [1] * (t.ndim - 1)
-    shape[dim] = index.shape[1]
-    full = list(t.shape)
-    full[dim] = index.shape[1]
-    return t.gather(dim, index.reshape(shape).expand(full))
 
 
 def per_token(vec: torch.Tensor, n: int) -> torch.Tensor:
@@ -261,7 +253,7 @@ def attention_override(previous: Callable | None) -> Callable:
     return override
 
 
-def apply_model_wrapper(cfg: RASConfig, patch: Patch) -> Callable:
+def apply_model_wrapper(cfg: RASConfig, patch: Patch, self_attention_only: bool = False) -> Callable:
     def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
         options = transformer_options if transformer_options is not None else {}
         store = run_data(options)
@@ -272,7 +264,7 @@ def apply_model_wrapper(cfg: RASConfig, patch: Patch) -> Callable:
         if store is None or control is not None:  # ControlNet residuals are added to full-size block outputs
             return plain()
         check_one_sigma(options, "RAS")
-        call = begin_call(cfg, patch, x, options, store)
+        call = begin_call(cfg, patch, x, options, store, self_attention_only)
         if call is None:
             return plain()
         call["complete"] = False
@@ -302,8 +294,9 @@ def patch_model_patcher(model, cfg: RASConfig):
     options = patched.model_options.setdefault("transformer_options", {})
     previous = options.get(OVERRIDE)
     options[OVERRIDE] = attention_override(getattr(previous, "turbosample_previous", previous))
+    apply_model = apply_model_wrapper(cfg, patch_size(diffusion_model), class_path(diffusion_model) == WAN)
     for kind, wrapper in ((pe.WrappersMP.SAMPLER_SAMPLE, sampler_sample_wrapper),
-                          (pe.WrappersMP.APPLY_MODEL, apply_model_wrapper(cfg, patch_size(diffusion_model)))):
+                          (pe.WrappersMP.APPLY_MODEL, apply_model)):
         patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
         patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
     return patched

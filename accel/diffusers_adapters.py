@@ -36,6 +36,7 @@ import torch
 
 from .adapter import TransformerParts, UnsupportedModel
 from .diffusers_ras import WanRoutedProcessor, routed_run_block
+from .kv_cache import gather_dim
 
 Context = Mapping[str, torch.Tensor] | torch.Tensor
 
@@ -57,7 +58,7 @@ class BlockCond:
         token_keys = self.shared.get("token_keys", ())
         if "rotary" not in self.shared and not token_keys:
             return self
-        batch = {k: gather_dim1(v, index) if k in token_keys else v for k, v in self.batch.items()}
+        batch = {k: gather_dim(v, 1, index) if k in token_keys else v for k, v in self.batch.items()}
         if "rotary" in self.shared:
             cos, sin = self.shared["rotary"]
             batch.update(rotary_cos=cos[index], rotary_sin=sin[index])
@@ -68,11 +69,6 @@ class BlockCond:
         if "rotary_cos" in self.batch:
             return self.batch["rotary_cos"], self.batch["rotary_sin"]
         return self.shared.get("rotary")
-
-
-def gather_dim1(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Positions ``index`` (B, K) of dim 1 of ``t`` (B, N, ...) -> (B, K, ...)."""
-    return t.gather(1, index.reshape(*index.shape, *(1,) * (t.ndim - 2)).expand(*index.shape, *t.shape[2:]))
 
 
 def context_tensor(context: Context, key: str, model: str, required: bool = True) -> torch.Tensor | None:

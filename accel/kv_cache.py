@@ -15,6 +15,16 @@ def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return tokens.gather(1, index[:, :, None].expand(-1, -1, tokens.shape[-1]))
 
 
+def gather_dim(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``t`` (batch 1 or B, ...) at positions ``index`` (B, K) of dimension ``dim``: same shape, ``K`` there."""
+    t = t.expand(index.shape[0], *t.shape[1:])
+    shape = [index.shape[0]] + [1] * (t.ndim - 1)
+    shape[dim] = index.shape[1]
+    full = list(t.shape)
+    full[dim] = index.shape[1]
+    return t.gather(dim, index.reshape(shape).expand(full))
+
+
 def scatter_tokens(full: torch.Tensor, index: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
     """A copy of ``full`` (B, N, D) with rows ``index`` (B, K) replaced by ``active`` (B, K, D)."""
     return full.scatter(1, index[:, :, None].expand(-1, -1, full.shape[-1]), active)

@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_samplers import PROMPTS, is_cfg_pp, run, steps_for
-from builtin_runs import conditions
+from bench_samplers import PROMPTS, run, steps_for
+from builtin_runs import conditions, to_image
 from metrics import median_bandwidth, mmd2, paired_scores
 
 from turbosample.models.emoji_data import fetch_package, load_emoji
 from turbosample.nodes.builtin_nodes import load_builtin_model
-from turbosample.samplers.registry import SAMPLERS
+from turbosample.samplers.registry import SAMPLERS, is_cfg_pp
 
 DEFAULT_SAMPLERS = ["euler", "dpmpp_2m", "uni_pc", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_sde", "euler_churn",
                     "heun_churn", "restart", "lcm", "euler_cfg_pp", "dpmpp_2m_cfg_pp", "euler_ancestral_cfg_pp",
@@ -83,13 +83,10 @@ def fidelity(images: list[np.ndarray], prompts: list[str], seeds: int, data: tor
              targets: dict[str, list[int]]) -> dict:
     """top1, PSNR / SSIM to the prompt's training image, and spread over seeds (images ordered prompt-major)."""
     nearest = torch.cdist(image_features(images), features).argmin(dim=1).tolist()
-    own = [targets[p][0] for p in prompts for _ in range(seeds)]
-    hits = [n in targets[p] for n, p in zip(nearest, [p for p in prompts for _ in range(seeds)], strict=True)]
-    refs = [((data[i].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1) for i in own]
-    size = images[0].shape[0]
-    if refs[0].shape[0] != size:  # the data are 64x64; compare at the generated size
-        small = F.interpolate(data[own], size=(size, size), mode="area")
-        refs = [((r.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1) for r in small]
+    per_image = [p for p in prompts for _ in range(seeds)]
+    hits = [n in targets[p] for n, p in zip(nearest, per_image, strict=True)]
+    own = data[[targets[p][0] for p in per_image]]  # the data are 64x64: compared at the generated size
+    refs = [to_image(r[None]) for r in F.interpolate(own, size=images[0].shape[:2], mode="area")]
     scores = paired_scores(images, refs)
     spreads = [float(np.sqrt(np.mean((a - b) ** 2)))
                for k in range(len(prompts))

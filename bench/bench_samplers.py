@@ -28,7 +28,7 @@ from builtin_runs import conditions, generate
 from metrics import score
 
 from turbosample.nodes.builtin_nodes import load_builtin_model
-from turbosample.samplers.registry import SAMPLERS, SamplerInfo
+from turbosample.samplers.registry import SAMPLERS, SamplerInfo, is_cfg_pp
 
 PROMPTS = ["grinning face", "cat face", "red apple", "japan flag", "rocket", "slice of pizza", "sunflower",
            "thumbs up sign"]
@@ -38,10 +38,6 @@ STOCHASTIC = {"euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sd
               "dpmpp_2s_ancestral_cfg_pp", "res_multistep_ancestral_cfg_pp", "adaptive_sde"}
 ADAPTIVE_RTOL = (0.5, 0.2, 0.1, 0.05, 0.02)
 ADAPTIVE_SELF_RTOL = (0.005, 0.01)  # reference, half-cost check
-
-
-def is_cfg_pp(name: str) -> bool:
-    return name.endswith("_cfg_pp")
 
 
 def uses_self_reference(name: str) -> bool:

@@ -17,6 +17,11 @@ class SamplerInfo:
     options: dict = field(default_factory=dict)
 
 
+def is_cfg_pp(name: str) -> bool:
+    """CFG++ samplers read cfg as the paper's guidance lambda (0.5-2), not as a CFG scale."""
+    return name.endswith("_cfg_pp")
+
+
 SAMPLERS: dict[str, SamplerInfo] = {
     "euler": SamplerInfo("euler", solvers.sample_euler, 1, "first-order Euler (DDIM for flow models)"),
     "heun": SamplerInfo("heun", solvers.sample_heun, 2, "second-order Heun (EDM), Euler onto sigma = 0"),

@@ -19,7 +19,7 @@ from ..nodes.settings_params import HELP, LABELS, setting_params
 from ..nodes.spec import NodeInputError, Param
 from ..nodes.txt2img import Settings, settings_from_api, to_api_prompt, to_ui_workflow
 from ..nodes.workflow import WorkflowError, parse_json, to_api
-from ..samplers.registry import SAMPLERS
+from ..samplers.registry import SAMPLERS, is_cfg_pp
 
 # settings shown in the main column; the rest go into the "Settings" accordion
 MAIN = ("prompt", "negative_prompt")
@@ -33,10 +33,6 @@ PREVIEW_EVERY = 1
 CFG_PP_CFG = 1.0  # CFG++ samplers read cfg as the paper's lambda (0.5-2); 1 is a safe start
 CFG_PP_INFO = ("CFG++ sampler: cfg is the paper's guidance lambda (0.5-2, set to 1 for you); the usual 4-8 "
                "over-saturates.")
-
-
-def is_cfg_pp(sampler: str) -> bool:
-    return sampler.endswith("_cfg_pp")
 
 
 def cfg_for_sampler(sampler: str, previous: str, cfg: float, default_cfg: float) -> tuple[float, str | None]:
