@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python bench/bench_bottleneck.py [--sweep]
 
 Fixed prompts and seeds. The full-cost reference is the base sampler at full resolution with --steps steps;
-Bottleneck Sampling uses the same step budget (split 6 : 20 : 8 as in the paper). The equal-time baseline
+Bottleneck Sampling gets the same SIGMAS and, by default, runs 0.68 of their steps (the paper's 34 steps for a
+50-step baseline), split 6 : 20 : 8 (variant ``{"step_budget": 1}``: all of them). The equal-time baseline
 is the base sampler with its steps scaled by the measured time ratio. Wall times are measured in this run,
 per image, one thread (``--repeats N``: medians of N alternating rounds). Quality: paired PSNR/SSIM (skimage)
 and LPIPS (bench/metrics.py; None without its weights) to the reference. ``--sweep`` also tries other shifts,
@@ -22,7 +23,14 @@ from metrics import score
 from timing import alternating_medians
 
 from turbosample.nodes.builtin_nodes import load_builtin_model
-from turbosample.samplers.bottleneck import NOISE_SOURCES, RESIZERS, sample_bottleneck, split_steps
+from turbosample.samplers.bottleneck import (
+    NOISE_SOURCES,
+    PAPER_STEP_BUDGET,
+    RESIZERS,
+    budget_steps,
+    sample_bottleneck,
+    split_steps,
+)
 from turbosample.samplers.registry import SAMPLERS, SamplerInfo
 
 
@@ -37,6 +45,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="timing rounds per method (> 1: reference and variants alternate, medians reported)")
     ap.add_argument("--equal-time-all", action="store_true", help="an equal-time base-sampler row after every variant")
+    ap.add_argument("--step-budget", type=float, default=PAPER_STEP_BUDGET,
+                    help="step budget of every variant that does not set its own (1 = the tables measured before "
+                         "the budget existed)")
     ap.add_argument("--variant", action="append", default=[], metavar="JSON",
                     help='extra settings to try, e.g. \'{"scales": [1, 0.75, 1]}\' (repeatable)')
     args = ap.parse_args()
@@ -56,8 +67,9 @@ def main() -> None:
                                                                              "stop_early": False})]
     variants += [(", ".join(f"{k} {v}" for k, v in json.loads(text).items()), json.loads(text))
                  for text in args.variant]
+    variants = [(label, {"step_budget": args.step_budget, **options}) for label, options in variants]
     print(f"built-in model {args.size}px, CFG {args.cfg}, simple schedule, prompts {PROMPTS[:4]} (seed = index), "
-          f"base sampler {args.base}, 1 thread\n")
+          f"base sampler {args.base}, step budget {args.step_budget:g} unless a variant sets one, 1 thread\n")
     print("| steps | method | model calls (full + low res) | s/image | speedup vs full | PSNR vs full | "
           "SSIM vs full | LPIPS vs full |")
     print("|---|---|---|---|---|---|---|---|")
@@ -76,7 +88,7 @@ def main() -> None:
             images, seconds = generate(model, infos[label], steps, conds, args.size, args.cfg)
             seconds = medians.get(label, seconds)
             psnr, ssim, lp = score(images, refs)
-            split = options.get("steps") or split_steps(steps, 3)
+            split = options.get("steps") or split_steps(budget_steps(steps, options["step_budget"], 3), 3)
             print(f"| {steps} | bottleneck {label} | {split[0] + split[2]} + {split[1]} | {seconds:.3f} | "
                   f"{full_seconds / seconds:.2f}x | {psnr:.2f} | {ssim:.4f} | {lp:.4f} |", flush=True)
             if label == "defaults" or args.equal_time_all:

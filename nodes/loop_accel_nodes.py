@@ -11,7 +11,9 @@ from ..samplers.bottleneck import (
     DEFAULT_SCALES,
     DEFAULT_SHIFTS,
     NOISE_SOURCES,
+    PAPER_STEP_BUDGET,
     RESIZERS,
+    budget_steps,
     check_stages,
     sample_bottleneck,
 )
@@ -38,14 +40,16 @@ def _fmt(values) -> str:
 
 
 def bottleneck_info(base_sampler: str, scales: str, noise: str, shifts: str, steps: str,
-                    resize_method: str, noise_source: str = "estimated", stop_early: bool = True) -> SamplerInfo:
+                    resize_method: str, noise_source: str = "estimated", stop_early: bool = True,
+                    step_budget: float = PAPER_STEP_BUDGET) -> SamplerInfo:
     options = {"base": base_sampler, "scales": numbers(scales, "scales"), "noise": numbers(noise, "noise"),
                "shifts": numbers(shifts, "shifts"), "resize_method": resize_method,
                "steps": numbers(steps, "steps", int) if steps.strip() else None,
-               "noise_source": noise_source, "stop_early": bool(stop_early)}
+               "noise_source": noise_source, "stop_early": bool(stop_early), "step_budget": float(step_budget)}
     if noise_source not in NOISE_SOURCES:
         raise NodeInputError(f"unknown noise source {noise_source!r}; choose one of {', '.join(NOISE_SOURCES)}")
     try:
+        budget_steps(1, options["step_budget"], 1)
         check_stages(options["scales"], options["noise"], options["shifts"], options["steps"], resize_method)
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
@@ -93,8 +97,8 @@ NODES: tuple[NodeSpec, ...] = (
              "Bottleneck Sampling (arXiv 2503.18940): full -> low -> full resolution stages; the clean estimate is "
              "resized and re-noised between stages. Flow (SD3, Flux, built-in) and EPS/V (SD1.5, SDXL) models; "
              "latent sides must divide by the model's patch size or UNet factor at every scale (else an error "
-             "names the allowed sizes). The step budget of the SIGMAS "
-             "is split 6 : 20 : 8 unless steps are given.",
+             "names the allowed sizes). Unless steps are given, the stages take step_budget x the SIGMAS' steps "
+             "(default 0.68: the paper's 34 steps for a 50-step run), split 6 : 20 : 8.",
              (BASE,
               Param("scales", "STRING", _fmt(DEFAULT_SCALES), tooltip="Resolution scale per stage; first and last 1."),
               Param("noise", "STRING", _fmt(DEFAULT_NOISE),
@@ -109,7 +113,10 @@ NODES: tuple[NodeSpec, ...] = (
                             "to the full-cost image), initial = the run's starting noise, fresh = new seeded noise."),
               Param("stop_early", "BOOLEAN", True,
                     tooltip="On: a stage stops at the next stage's noise level and hands over its clean estimate "
-                            "(the authors' method figure). Off: every stage runs to the end of the schedule.")),
+                            "(the authors' method figure). Off: every stage runs to the end of the schedule."),
+              Param("step_budget", "FLOAT", round(PAPER_STEP_BUDGET, 2), 0.05, 4.0, 0.01,
+                    tooltip="Steps run in all, as a fraction of the SIGMAS' steps, when steps is empty (0.68 = the "
+                            "paper's 34 for 50; 1 = as many as the SIGMAS). Progress still ends at the last step.")),
              (Output("SAMPLER", "SAMPLER"),), bottleneck_sampler, comfy_fn=comfy_bottleneck_sampler),
     NodeSpec("TurboSampleDualFastSampler", "TurboSample DualFast", CATEGORY,
              "DualFast (arXiv 2506.13058): mixes the model output with the previous step's, "

@@ -10,7 +10,8 @@ LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "sampler": "
           "ras_ratio": "RAS token ratio", "loop_accelerator": "Loop accelerator",
           "dualfast_coefficient": "DualFast coefficient", "attention": "Attention backend",
           "flowturbo_schedule": "FlowTurbo schedule", "sigmas_from": "Sigmas from",
-          "bottleneck_scales": "Bottleneck scales", "bottleneck_noise": "Bottleneck noise"}
+          "bottleneck_scales": "Bottleneck scales", "bottleneck_noise": "Bottleneck noise",
+          "bottleneck_step_budget": "Bottleneck step budget"}
 HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the unconditional prompt.",
         "filename_prefix": "Names of saved images.",
         "magcache_threshold": "MagCache: reuse the block-stack residual while the calibrated error stays below "

@@ -35,7 +35,8 @@ MODEL_PATCHES = (
 SAMPLER_NODES = {
     "none": ("TurboSampleSamplerSelect", {"sampler": "sampler_name"}),
     "bottleneck": ("TurboSampleBottleneckSampler", {"sampler": "base_sampler", "bottleneck_scales": "scales",
-                                                    "bottleneck_noise": "noise"}),
+                                                    "bottleneck_noise": "noise",
+                                                    "bottleneck_step_budget": "step_budget"}),
     "dualfast": ("TurboSampleDualFastSampler", {"sampler": "base_sampler", "dualfast_coefficient": "coefficient"}),
     "flowturbo": ("TurboSampleFlowTurboSampler", {"flowturbo_schedule": "schedule"}),
     "dc_solver": ("TurboSampleDCSolverSampler", {"cfg": "cfg"}),
@@ -143,6 +144,7 @@ class Settings:
     flowturbo_schedule: str = "H2P*R3"  # the steps setting fills the P blocks
     bottleneck_scales: str = _default("TurboSampleBottleneckSampler", "scales")
     bottleneck_noise: str = _default("TurboSampleBottleneckSampler", "noise")
+    bottleneck_step_budget: float = _default("TurboSampleBottleneckSampler", "step_budget")
     sigmas_from: str = "schedule"
     filename_prefix: str = "turbosample"
 

@@ -58,7 +58,9 @@ What was verified, and where (2026-11):
   "bottleneck-sampling" / "tyfeld" (only the project page), ``find_string`` "Bottleneck-Sampling",
   "bottleneck_sampling", "2503.18940" (link lists, citing papers, a third-party Pruna schedule
   ``ResamplingSchedule(1.0, 0.1, scale, fraction)``), search of arxiv.org/html/2503.18940v2, sciencestack,
-  deep-diver reviews (excerpts end at the introduction); again 2026-11-23 (third session): no new source.
+  deep-diver reviews (excerpts end at the introduction); again 2026-11-23 (third session): no new source;
+  again 2026-12-03: ``fetch`` has no snapshot of tyfeld/Bottleneck-Sampling, ``find_repos``
+  "bottleneck-sampling" finds none.
   Hence these stay our reading: where a stage ends (the figure's intermediate level, taken as the next
   stage's start); what "strength" means (the fraction of the incoming schedule a stage covers, sliced, then
   re-shifted, as in diffusers' img2img pipelines, the FLUX reference code base); which noise is put back
@@ -67,11 +69,15 @@ What was verified, and where (2026-11):
   the built-in flow model only (shifts 1, 1, 1 keep an EPS model's own schedule in every stage).
 
 Defaults: the paper's FLUX row scaled to the built-in model (trained at 32 and 64 px; 64 px -> 32 px
-bottleneck), relative shifts [3, 2, 3] as in the paper; step counts default to the paper's 6 : 20 : 8 split
-of the incoming step count. ``bench/bench_bottleneck.py --sweep`` (28 steps, paired to full-cost Euler):
-24.6 dB with the defaults; shifts [1, 1, 1] 21.2 dB; noise [1, .7, .5] 25.5 dB; resizers within 0.4 dB;
-starting noise 20.9 dB, fresh noise 15.1 dB, stages run to sigma 0 11.4-14.9 dB. Euler at equal time is
-still closer (27 dB); bench/RESULTS.md has the tables.
+bottleneck), relative shifts [3, 2, 3] as in the paper. Step counts follow the same row: it runs 6 + 20 + 8 = 34
+steps where the baseline runs 50, so the stages take ``step_budget`` = 0.68 of the incoming schedule's steps, split
+6 : 20 : 8 (28 incoming steps -> 3 + 11 + 5). Spending the whole incoming budget (``step_budget`` 1, our reading
+before 2026-12) bought no fidelity: the hand-over, not the step count, sets the error. Measured with
+``bench/bench_bottleneck.py`` (paired to full-cost Euler at 64 px, bench/RESULTS.md): at 28 steps the defaults
+are 2.5x faster at 24.9 dB / LPIPS 0.091, Euler at the same wall time (11 steps) 21.5 dB / 0.108; with budget 1,
+1.8x at 24.6 dB, behind Euler at equal time (16 steps, 26.7 dB). The ``--sweep`` (budget 1, 28 steps): shifts
+[1, 1, 1] lose 3.4 dB; noise [1, .7, .5] gains 0.9 dB; resizers within 0.4 dB; starting noise 20.9 dB, fresh
+noise 15.1 dB, stages run to sigma 0 11.4-14.9 dB.
 
 Known limits: ComfyUI inpainting masks and image-shaped conditioning (concat latents) cannot follow the
 resolution change (a clear error for masks); in-model accelerators keyed on ``sample_sigmas`` (MagCache)
@@ -97,7 +103,16 @@ DEFAULT_SCALES = (1.0, 0.5, 1.0)
 DEFAULT_NOISE = (1.0, 0.8, 0.6)
 DEFAULT_SHIFTS = (3.0, 2.0, 3.0)
 PAPER_STEP_SPLIT = (6, 20, 8)  # FLUX.1-dev table: steps per stage
+PAPER_STEP_BUDGET = 0.68  # = 34 / 50, same table: 6 + 20 + 8 = 34 steps against the 50-step baseline ("x3")
 BUILTIN_PATCH = 4  # the built-in DiT's patch size, used when the model does not tell
+
+
+def budget_steps(incoming: int, budget: float, stages: int) -> int:
+    """How many steps the stages take in all: ``budget`` times the incoming schedule's, at least one per stage."""
+    if not (math.isfinite(budget) and 0 < budget <= 4):
+        raise ValueError(f"the bottleneck step budget must be in (0, 4] (a fraction of the schedule's steps), "
+                         f"got {budget}")
+    return max(stages, round(incoming * budget))
 
 
 def split_steps(total: int, stages: int) -> list[int]:
@@ -282,8 +297,14 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
                       scales: Sequence[float] = DEFAULT_SCALES, noise: Sequence[float] = DEFAULT_NOISE,
                       shifts: Sequence[float] = DEFAULT_SHIFTS, steps: Sequence[int] | None = None,
                       resize_method: str = "lanczos", multiple: int | None = None, seed: int | None = None,
-                      noise_source: str = "estimated", stop_early: bool = True, **base_options) -> torch.Tensor:
+                      noise_source: str = "estimated", stop_early: bool = True,
+                      step_budget: float = PAPER_STEP_BUDGET, **base_options) -> torch.Tensor:
     """Multi-stage sampling; ``base`` is a registry sampler name or a sampler function run per stage.
+
+    Without ``steps`` the stages take ``step_budget`` times the incoming schedule's steps in all (default 34/50,
+    the paper's FLUX table: 34 steps against a 50-step baseline), split 6 : 20 : 8; ``step_budget`` 1 spends the
+    schedule's own step count. Progress (``callback``'s ``i``) is mapped onto the incoming schedule's steps, so a
+    progress bar made for ``sigmas`` ends at its last step.
 
     ``noise_source`` picks the noise re-introduced between stages: "estimated" (default: the noise the last model
     call implies, (x - a(sigma) x0) / sigma, resized with ``resized_noise``), "initial" (the run's starting noise,
@@ -318,7 +339,10 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
         multiple, what = model_size_factor(model) or (BUILTIN_PATCH, f"the model's patch size {BUILTIN_PATCH}")
     height, width = x.shape[-2:]
     sizes = [stage_size(height, width, s, multiple, k, what, scales) for k, s in enumerate(scales)]
-    counts = [int(n) for n in steps] if steps is not None else split_steps(len(sigmas) - 1, len(scales))
+    incoming = len(sigmas) - 1
+    counts = [int(n) for n in steps] if steps is not None else \
+        split_steps(budget_steps(incoming, float(step_budget), len(scales)), len(scales))
+    total = sum(counts)
     noise_seed = renoise_seed(x, extra_args, seed)
     start_noise = x / (1.0 if flow else float(sigmas[0]))  # the run's noise: x at t = 1 (flow) or x / sigma_max
     progress = {"done": 0, "denoised": None}
@@ -327,8 +351,9 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
         progress["denoised"] = info["denoised"]
         sigma = torch.as_tensor(info["sigma"], dtype=x.dtype, device=x.device).reshape(-1)[0]
         progress["eps"] = (info["x"] - signal_scale(sigma, flow) * info["denoised"]) / sigma
-        if callback is not None:
-            callback({**info, "i": info["i"] + progress["done"]})
+        if callback is not None:  # step j of the run's total -> step of the incoming schedule (monotone, ends last)
+            j = info["i"] + progress["done"]
+            callback({**info, "i": max(0, (j + 1) * incoming // total - 1)})
 
     for k, (size, w, shift, n) in enumerate(zip(sizes, noise, shifts, counts, strict=True)):
         end = noise[k + 1] if stop_early and k + 1 < len(noise) else 0.0

@@ -12,7 +12,9 @@ from analytic import GaussianVE
 
 from turbosample.models.dit import TinyDiT
 from turbosample.samplers.bottleneck import (
+    PAPER_STEP_BUDGET,
     allowed_multiple,
+    budget_steps,
     model_size_factor,
     resize,
     resized_noise,
@@ -51,6 +53,34 @@ def test_split_steps_follows_the_paper_ratio_and_sums_to_the_budget():
         split_steps(2, 3)
 
 
+def test_the_default_step_budget_is_the_papers_34_of_50_steps():
+    assert budget_steps(50, PAPER_STEP_BUDGET, 3) == 34
+    assert split_steps(budget_steps(50, PAPER_STEP_BUDGET, 3), 3) == [6, 20, 8]  # FLUX.1-dev "x3" row
+    assert budget_steps(28, PAPER_STEP_BUDGET, 3) == 19 and budget_steps(28, 1.0, 3) == 28
+    assert budget_steps(2, 0.5, 3) == 3  # at least one step per stage
+    for bad in (0.0, -1.0, float("nan"), 5.0):
+        with pytest.raises(ValueError, match="step budget must be in"):
+            budget_steps(28, bad, 3)
+
+
+@pytest.mark.parametrize(("options", "calls"), [({}, 19), ({"step_budget": 1.0}, 28), ({"step_budget": 0.5}, 14),
+                                                ({"steps": [6, 20, 8]}, 34)])
+def test_the_run_spends_its_step_budget_and_progress_ends_on_the_schedules_last_step(options, calls):
+    sigmas = compute_sigmas(FlowSampling(), "simple", 28)
+    shapes, steps = [], []
+
+    def toy(x, sigma, **_):
+        shapes.append(x.shape[-1])
+        return 0.5 * x
+
+    sample_bottleneck(toy, seeded_noise(1, (1, 3, 16, 16)), sigmas, callback=lambda info: steps.append(info["i"]),
+                      **options)
+    assert len(shapes) == calls and len(steps) == calls
+    assert steps == sorted(steps) and steps[-1] == 27 and steps[0] >= 0  # monotone, last = the schedule's last
+    expected = options.get("steps") or split_steps(calls, 3)
+    assert shapes == [16] * expected[0] + [8] * expected[1] + [16] * expected[2]
+
+
 def test_stage_sigmas_slice_and_reshift_the_incoming_schedule():
     assert torch.equal(stage_sigmas(SIGMAS, 1.0, 8, 1.0), SIGMAS)
     lin = torch.linspace(1, 0, 11)
@@ -79,7 +109,7 @@ def test_a_single_full_resolution_stage_is_the_base_sampler(tiny, base):
     latent = torch.zeros(1, 3, 32, 32)
     expected = sample(model, cond, uncond, latent, SAMPLERS[base], SIGMAS, seed=3, cfg=3.0)
     single = SamplerInfo("bn", sample_bottleneck, 1, "", {"base": base, "scales": [1.0], "noise": [1.0],
-                                                        "shifts": [1.0]})
+                                                        "shifts": [1.0], "step_budget": 1.0})
     assert torch.equal(sample(model, cond, uncond, latent, single, SIGMAS, seed=3, cfg=3.0), expected)
 
 
@@ -265,7 +295,7 @@ def test_eps_single_full_stage_is_the_base_sampler(base):
     expected = SAMPLERS[base].fn(model.denoise, x.clone(), KARRAS, extra_args=dict(args), callback=None,
                                  disable=True)
     out = sample_bottleneck(model.denoise, x.clone(), KARRAS, dict(args), base=base, scales=[1.0], noise=[1.0],
-                            shifts=[1.0])
+                            shifts=[1.0], step_budget=1.0)
     assert torch.allclose(out, expected, rtol=0, atol=1e-6)
 
 

@@ -26,9 +26,9 @@ MAIN = ("prompt", "negative_prompt")
 ORDER = ("prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height", "sampler", "scheduler", "sigmas_from",
          "flow_shift", "batch_size", "denoise", "filename_prefix", "magcache_threshold", "ras_ratio",
          "loop_accelerator", "dualfast_coefficient", "flowturbo_schedule", "bottleneck_scales", "bottleneck_noise",
-         "attention")
+         "bottleneck_step_budget", "attention")
 ACCELERATORS = ("magcache_threshold", "ras_ratio", "loop_accelerator", "dualfast_coefficient", "flowturbo_schedule",
-                "bottleneck_scales", "bottleneck_noise", "attention")
+                "bottleneck_scales", "bottleneck_noise", "bottleneck_step_budget", "attention")
 PREVIEW_EVERY = 1
 CFG_PP_CFG = 1.0  # CFG++ samplers read cfg as the paper's lambda (0.5-2); 1 is a safe start
 CFG_PP_INFO = ("CFG++ sampler: cfg is the paper's guidance lambda (0.5-2, set to 1 for you); the usual 4-8 "
