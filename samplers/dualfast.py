@@ -43,6 +43,13 @@ Measured (built-in model, CFG 4, simple schedule, 4 prompts, PSNR against 100-st
   discretization. For DPM-Solver++(2M) and UniPC at >= 6 steps it raises the error there, so their gains
   on the built-in model come from the network's error, as the paper argues.
 
+Re-measured against a 1000-call reference (Heun 500 steps, 4 prompts, 2026-12-03; bench/RESULTS.md): gains
+within 0.05 dB of the table above. Euler c = 0.5: -0.0 / +0.2 / +0.6 / +1.2 / +1.6 dB at 4 / 5 / 6 / 8 / 10
+calls, +4.6 / +9.2 dB at 16 / 28; DPM-Solver++(2M) c = 0.3 at 4 / 5 / 6 / 8 / 10: -0.3 / -0.1 / -0.0 / +0.6 /
++0.4 dB; UniPC is made worse at 4-6 and 10 calls by every c tried (0.1-0.8) and better only at 8. No c helps at
+4 calls. Euler c = 0.65-0.8 would gain a little more at 6-16 calls (up to +0.6 dB) but 0.8 loses 1.1 dB at 28
+steps; defaults kept.
+
 Mixed quantity: ``target="d"`` (default) mixes the probability-flow derivative ``d = (x - x0) / sigma``,
 which *is* the network's own output for EPS models (epsilon) and for rectified-flow models (velocity), i.e.
 the quantity whose approximation error the paper corrects; ``target="x0"`` mixes the denoised estimates.
