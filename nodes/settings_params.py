@@ -17,6 +17,8 @@ HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the u
         "magcache_threshold": "MagCache: reuse the block-stack residual while the calibrated error stays below "
                               "this budget (0 = off; 0.05-0.2 typical).",
         "ras_ratio": "RAS: fraction of image tokens recomputed on sparse steps (1 = off).",
+        "bottleneck_step_budget": "Bottleneck: model steps run in all, as a fraction of Steps (0.68 = the paper's 34 "
+                                  "for a 50-step run; 1 = all of them); the progress bar still counts to Steps.",
         "attention": "sdpa: torch's fused attention; auto: xformers only where it works and is faster; "
                      "xformers: error if it cannot run here.",
         "loop_accelerator": "Bottleneck: high -> low -> high resolution stages; DualFast: error-corrected "
