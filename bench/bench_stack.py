@@ -7,7 +7,8 @@ Every row uses the same prompts, seeds, schedule (simple), sampler (euler), CFG 
 timed in one process, one after another, after a warm-up. "fewer steps" is the plain model with its step count
 scaled by the row's time ratio (about the same wall time), scored against the same reference.
 ``--with-sampler euler_dualfast ...`` adds the loop accelerators on top (plain, MagCache, MagCache -> RAS with
-that sampler); ``--reference-steps`` moves the reference to a longer Euler run (fair to corrected samplers).
+that sampler; ``bottleneck`` = Bottleneck Sampling with its defaults around Euler); ``--reference-steps`` moves the
+reference to a longer Euler run (fair to corrected samplers).
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ from turbosample.accel.magcache_calibration import (
 )
 from turbosample.accel.ras import apply_ras
 from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
-from turbosample.samplers.registry import SAMPLERS
+from turbosample.samplers.bottleneck import sample_bottleneck
+from turbosample.samplers.registry import SAMPLERS, SamplerInfo
 from turbosample.samplers.schedulers import compute_sigmas
 
 EULER = SAMPLERS["euler"]
+LOOP_ACCELERATORS = {"bottleneck": SamplerInfo("bottleneck", sample_bottleneck, 1, "Bottleneck Sampling",
+                                               {"base": "euler"})}
 
 
 def main() -> None:
@@ -77,7 +81,7 @@ def main() -> None:
             ("MagCache -> RAS (stacked)", ras(mag(model)), EULER), ("RAS -> MagCache (stacked)", mag(ras(model)),
                                                                     EULER)]
     for name in args.with_sampler:
-        info = SAMPLERS[name]
+        info = LOOP_ACCELERATORS.get(name) or SAMPLERS[name]
         rows += [(f"plain + {name}", model, info), (f"MagCache + {name}", mag(model), info),
                  (f"MagCache -> RAS + {name}", ras(mag(model)), info)]
     generate(model, EULER, 2, conds[:1], args.size, args.cfg)  # warm-up

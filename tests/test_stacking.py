@@ -144,3 +144,42 @@ def test_samplers_that_batch_several_noise_levels_are_refused_by_step_caches():
     check_one_sigma({"sigmas": torch.tensor([0.5, 0.5])}, "MagCache")  # CFG batch: one level, fine
     with pytest.raises(StackingError, match="RAS needs one noise level per model call"):
         check_one_sigma({"sigmas": torch.tensor([0.9, 0.8])}, "RAS")
+
+
+def test_magcache_stacks_with_bottleneck_sampling(base):
+    # Bottleneck changes resolution between stages: MagCache never reuses a residual of another size (the first
+    # call at each resolution runs the blocks), still skips some calls, keeps threshold 0 exact and leaves no state
+    # for the next run. Its decisions are keyed on the incoming schedule's steps (calls in one step follow one
+    # decision, see samplers/bottleneck.py).
+    from turbosample.samplers.bottleneck import sample_bottleneck
+    from turbosample.samplers.registry import SamplerInfo
+
+    bottleneck = SamplerInfo("bn", sample_bottleneck, 1, "", {"base": "euler", "steps": [3, 4, 3]})
+    g = torch.Generator().manual_seed(1)
+    pos, neg = [[torch.randn(1, 1, 384, generator=g), {}]], [[torch.zeros(1, 1, 384), {}]]
+    sigmas = compute_sigmas(base.model_sampling, "simple", STEPS)
+    block_runs, calls = [], []
+    hook = base.diffusion_model.blocks[0].register_forward_hook(lambda *_: block_runs.append(1))
+
+    def spy(forward, x, timestep, context, options):
+        before = len(block_runs)
+        out = forward(x, timestep, context, options)
+        calls.append((x.shape[-1], len(block_runs) > before))
+        return out
+
+    def go(model):
+        return sample(model, pos, neg, torch.zeros(1, 3, 32, 32), bottleneck, sigmas, 0, 3.0)
+
+    try:
+        alone = go(base)
+        assert torch.equal(go(mag(base, 0.0)), alone)
+        cached = mag(base.with_wrapper("spy", spy), 0.5)  # spy outermost: sees every call
+        out = go(cached)
+        first = list(calls)
+        assert torch.isfinite(out).all() and not torch.equal(out, alone)
+        assert [size for size, _ in first] == [32] * 3 + [16] * 4 + [32] * 3
+        ran = [r for _, r in first]
+        assert ran[0] and ran[3] and ran[7] and not all(ran)
+        assert torch.equal(go(cached), out) and calls[len(first):] == first  # a second run starts afresh
+    finally:
+        hook.remove()
