@@ -17,7 +17,7 @@ from builtin_runs import PROMPTS, conditions, generate
 from metrics import score
 
 from turbosample.nodes.builtin_nodes import load_builtin_model
-from turbosample.samplers.dualfast import DEFAULT_COEFFICIENT, sample_dualfast
+from turbosample.samplers.dualfast import DEFAULT_COEFFICIENT, DEFAULT_SCHEDULE, sample_dualfast
 from turbosample.samplers.registry import SAMPLERS, SamplerInfo
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--coefficients", type=float, nargs="+", default=None,
                     help="coefficients to try (default: each base's registered default)")
-    ap.add_argument("--schedule", default="constant")
+    ap.add_argument("--schedule", default=DEFAULT_SCHEDULE)
     ap.add_argument("--sweep", action="store_true", help="try several coefficients, schedules and targets")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

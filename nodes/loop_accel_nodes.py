@@ -17,7 +17,7 @@ from ..samplers.bottleneck import (
     check_stages,
     sample_bottleneck,
 )
-from ..samplers.dualfast import DEFAULT_COEFFICIENT, SCHEDULES, sample_dualfast
+from ..samplers.dualfast import DEFAULT_COEFFICIENT, DEFAULT_SCHEDULE, SCHEDULES, sample_dualfast
 from ..samplers.registry import SAMPLERS, SamplerInfo
 from .spec import NodeInputError, NodeSpec, Output, Param
 
@@ -125,7 +125,8 @@ NODES: tuple[NodeSpec, ...] = (
                     tooltip="A one-call-per-step sampler."),
               Param("coefficient", "FLOAT", DEFAULT_COEFFICIENT["euler"], -2.0, 2.0, 0.05,
                     tooltip="Correction strength c (0 = off)."),
-              Param("schedule", "COMBO", "constant", choices=lambda: list(SCHEDULES),
-                    tooltip="constant: c at every step; linear: grows from 0 to c toward low noise.")),
+              Param("schedule", "COMBO", DEFAULT_SCHEDULE, choices=lambda: list(SCHEDULES),
+                    tooltip="decay: c at the first corrected step, falling to 0 at the last (best measured); "
+                            "constant: c at every step; linear: grows from 0 to c toward low noise.")),
              (Output("SAMPLER", "SAMPLER"),), dualfast_sampler, comfy_fn=comfy_dualfast_sampler),
 )

@@ -80,6 +80,25 @@ def test_linear_schedule_and_first_reference():
     assert torch.allclose(got, y, atol=1e-6)
 
 
+@pytest.mark.parametrize("steps", [2, 3, 5])
+def test_decay_schedule_is_strongest_first_and_off_at_the_last_step(steps):
+    # decay: c_i = c * (steps - 1 - i) / (steps - 2): c at the first corrected step, 0 at the last one
+    c, sigmas = 0.8, torch.linspace(1.0, 0.0, steps + 1)
+    x = seeded_noise(7, (1, 2, 4, 4))
+    got = sample_dualfast(toy_denoiser, x.clone(), sigmas, base="euler", coefficient=c, schedule="decay")
+    y, previous = x.clone(), None
+    for i in range(steps):
+        s = sigmas[i]
+        d = (y - toy_denoiser(y, s.reshape(1))) / s
+        ci = c * (steps - 1 - i) / max(steps - 2, 1)
+        mixed = d if previous is None else (1 + ci) * d - ci * previous
+        previous = d
+        y = y + mixed * (sigmas[i + 1] - s)
+    assert torch.allclose(got, y, atol=1e-6)
+    if steps == 2:  # the only corrected step is the last: the base sampler exactly
+        assert torch.equal(got, sample_dualfast(toy_denoiser, x.clone(), sigmas, base="euler", coefficient=0.0))
+
+
 def test_bad_options_give_clear_errors():
     x = seeded_noise(0, (1, 2, 4, 4))
     with pytest.raises(ValueError, match="one-call-per-step"):
