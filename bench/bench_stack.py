@@ -8,7 +8,8 @@ timed in one process, one after another, after a warm-up. "fewer steps" is the p
 scaled by the row's time ratio (about the same wall time), scored against the same reference.
 ``--with-sampler euler_dualfast ...`` adds the loop accelerators on top (plain, MagCache, MagCache -> RAS with
 that sampler; ``bottleneck`` = Bottleneck Sampling with its defaults around Euler); ``--reference-steps`` moves the
-reference to a longer Euler run (fair to corrected samplers).
+reference to a longer run of ``--reference-sampler`` (default Euler; Heun converges far closer to the exact ODE, which
+is fair to corrected and second-order samplers).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timing rounds (methods alternate; medians)")
     ap.add_argument("--with-sampler", nargs="*", default=[], metavar="NAME",
                     help="also run plain, MagCache and MagCache -> RAS with these samplers (e.g. euler_dualfast)")
+    ap.add_argument("--reference-sampler", default="euler", help="sampler of the --reference-steps run")
     ap.add_argument("--reference-steps", type=int, default=None,
                     help="Euler steps of the reference (default: --steps, i.e. the plain row itself)")
     args = ap.parse_args()
@@ -85,13 +87,14 @@ def main() -> None:
         rows += [(f"plain + {name}", model, info), (f"MagCache + {name}", mag(model), info),
                  (f"MagCache -> RAS + {name}", ras(mag(model)), info)]
     generate(model, EULER, 2, conds[:1], args.size, args.cfg)  # warm-up
-    refs, _ = generate(model, EULER, args.reference_steps or args.steps, conds, args.size, args.cfg)
+    ref_info = SAMPLERS[args.reference_sampler] if args.reference_steps else EULER
+    refs, _ = generate(model, ref_info, args.reference_steps or args.steps, conds, args.size, args.cfg)
     methods = {"plain": (model, EULER), **{name: (m, info) for name, m, info in rows}}
     medians = alternating_medians({name: (lambda m=m, info=info: generate(m, info, args.steps, conds, args.size,
                                                                           args.cfg))
                                    for name, (m, info) in methods.items()}, args.repeats)
     t_ref = medians["plain"] / len(conds)
-    reference = f"euler {args.reference_steps} steps" if args.reference_steps else "the plain row"
+    reference = f"{args.reference_sampler} {args.reference_steps} steps" if args.reference_steps else "the plain row"
     print(f"built-in model {args.size}x{args.size}, euler {args.steps} steps, CFG {args.cfg}, {len(conds)} images, "
           f"{torch.get_num_threads()} thread(s); times: median of {args.repeats} alternating rounds; "
           f"plain: {t_ref:.3f} s/image; reference: {reference}\n")
