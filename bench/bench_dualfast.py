@@ -17,14 +17,20 @@ from builtin_runs import PROMPTS, conditions, generate
 from metrics import score
 
 from turbosample.nodes.builtin_nodes import load_builtin_model
-from turbosample.samplers.dualfast import DEFAULT_COEFFICIENT, DEFAULT_SCHEDULE, sample_dualfast
+from turbosample.samplers.dualfast import (
+    DEFAULT_COEFFICIENT,
+    DEFAULT_SCHEDULE,
+    DEFAULT_SCOPE,
+    SCOPES,
+    sample_dualfast,
+)
 from turbosample.samplers.registry import SAMPLERS, SamplerInfo
 
 
 def dualfast(base: str, coefficient: float, schedule: str = "linear", reference: str = "previous",
-             target: str = "d") -> SamplerInfo:
+             target: str = "d", scope: str | None = None) -> SamplerInfo:
     options = {"base": base, "coefficient": coefficient, "schedule": schedule, "reference": reference,
-               "target": target}
+               "target": target, "scope": scope}
     return SamplerInfo(f"{base}_dualfast", sample_dualfast, 1, "bench", options)
 
 
@@ -38,6 +44,7 @@ def main() -> None:
     ap.add_argument("--coefficients", type=float, nargs="+", default=None,
                     help="coefficients to try (default: each base's registered default)")
     ap.add_argument("--schedule", default=DEFAULT_SCHEDULE)
+    ap.add_argument("--scope", default=None, choices=SCOPES, help="default: each base's (corrector for UniPC)")
     ap.add_argument("--sweep", action="store_true", help="try several coefficients, schedules and targets")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -61,11 +68,14 @@ def main() -> None:
             base_psnr, base_ssim, base_lp = score(images, refs)
             for c, schedule, reference, target in variants:
                 c = DEFAULT_COEFFICIENT.get(base, 0.0) if c is None else c
-                info = dualfast(base, c, schedule, reference, target)
+                scope = args.scope or DEFAULT_SCOPE.get(base, "all")
+                info = dualfast(base, c, schedule, reference, target, scope)
+                scope_label = "" if scope == "all" else f" {scope}"
                 images, seconds = generate(model, info, nfe, conds, args.size, args.cfg)
                 psnr, ssim, lp = score(images, refs)
                 print(f"| {base} | {nfe} | {base_psnr:.2f} | {base_ssim:.4f} | {base_lp:.4f} | {base_seconds:.3f} | "
-                      f"c={c:g} {schedule} {reference} {target} | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {seconds:.3f} | "
+                      f"c={c:g} {schedule} {reference} {target}{scope_label} | {psnr:.2f} | {ssim:.4f} | "
+                      f"{lp:.4f} | {seconds:.3f} | "
                       f"{psnr - base_psnr:+.2f} |", flush=True)
 
 

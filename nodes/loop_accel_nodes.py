@@ -17,7 +17,7 @@ from ..samplers.bottleneck import (
     check_stages,
     sample_bottleneck,
 )
-from ..samplers.dualfast import DEFAULT_COEFFICIENT, DEFAULT_SCHEDULE, SCHEDULES, sample_dualfast
+from ..samplers.dualfast import DEFAULT_COEFFICIENT, DEFAULT_SCHEDULE, SCHEDULES, SCOPES, sample_dualfast
 from ..samplers.registry import SAMPLERS, SamplerInfo
 from .spec import NodeInputError, NodeSpec, Output, Param
 
@@ -58,8 +58,10 @@ def bottleneck_info(base_sampler: str, scales: str, noise: str, shifts: str, ste
                        "Bottleneck Sampling (high -> low -> high resolution)", options)
 
 
-def dualfast_info(base_sampler: str, coefficient: float, schedule: str) -> SamplerInfo:
+def dualfast_info(base_sampler: str, coefficient: float, schedule: str, scope: str = "auto") -> SamplerInfo:
     options = {"base": base_sampler, "coefficient": coefficient, "schedule": schedule}
+    if scope != "auto":
+        options["scope"] = scope
     return SamplerInfo(f"{base_sampler}_dualfast", sample_dualfast, 1, "DualFast error correction", options)
 
 
@@ -127,6 +129,10 @@ NODES: tuple[NodeSpec, ...] = (
                     tooltip="Correction strength c (0 = off)."),
               Param("schedule", "COMBO", DEFAULT_SCHEDULE, choices=lambda: list(SCHEDULES),
                     tooltip="decay: c at the first corrected step, falling to 0 at the last (best measured); "
-                            "constant: c at every step; linear: grows from 0 to c toward low noise.")),
+                            "constant: c at every step; linear: grows from 0 to c toward low noise."),
+              Param("scope", "COMBO", "auto", choices=lambda: ["auto", *SCOPES],
+                    tooltip="Where the corrected output is used: all = everywhere the sampler reads it; corrector "
+                            "= only UniPC's corrector (its predictor keeps the raw history); auto = the measured "
+                            "choice per sampler (corrector for UniPC, all otherwise).")),
              (Output("SAMPLER", "SAMPLER"),), dualfast_sampler, comfy_fn=comfy_dualfast_sampler),
 )

@@ -56,8 +56,10 @@ every count from 4 to 16 calls for all three bases, and it is the only one that 
 last step (to sigma 0) is where a correction hurts most. Defaults since then: ``decay`` with Euler c = 0.75
 (+0.3 / +0.7 / +1.3 / +2.3 / +2.7 dB at 4 / 5 / 6 / 8 / 10 calls, +8.3 dB at 28; larger c gains more at 5-8
 calls but loses at 28, where c = 1 drops to +3.7 dB), DPM-Solver++(2M) c = 0.2 (-0.0 / +0.1 / +0.3 / +0.7 /
-+0.6 dB, +0.0 at 28; c = 0.3 loses 1.4 dB at 28), UniPC c = 0.2 (-0.1 / -0.2 / -0.2 / +0.7 / +0.2 dB, +1.3 at
-28: UniPC still loses PSNR at 4-6 calls).
++0.6 dB, +0.0 at 28; c = 0.3 loses 1.4 dB at 28). UniPC: mixing every output it reads (scope ``all``) loses
+PSNR at 4-6 calls for every c; mixing only the value its UniC corrector uses, with the predictor's history raw
+(scope ``corrector``, UniPC's default) gains from 5 calls: c = 0.6: -0.0 / +0.3 / +0.6 / +0.7 / +0.9 dB at 4 / 5 /
+6 / 8 / 10 calls, +3.0 / +1.3 dB at 16 / 28 (at 4 calls SSIM and LPIPS improve, PSNR ties).
 
 Mixed quantity: ``target="d"`` (default) mixes the probability-flow derivative ``d = (x - x0) / sigma``,
 which *is* the network's own output for EPS models (epsilon) and for rectified-flow models (velocity), i.e.
@@ -66,6 +68,7 @@ the quantity whose approximation error the paper corrects; ``target="x0"`` mixes
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -73,8 +76,12 @@ import torch
 from .sampling_utils import unwrap_for_base
 
 # Per base sampler, chosen by measurement (see the module docstring); other bases default to 0 (off).
-DEFAULT_COEFFICIENT: dict[str, float] = {"euler": 0.75, "dpmpp_2m": 0.2, "uni_pc": 0.2}
+DEFAULT_COEFFICIENT: dict[str, float] = {"euler": 0.75, "dpmpp_2m": 0.2, "uni_pc": 0.6}
 DEFAULT_SCHEDULE = "decay"
+# Where the mixed output is used: "all" (the denoiser is wrapped) or "corrector" (predictor-corrector bases: only
+# the corrector sees it, the predictor's history keeps the raw outputs). Measured per base, see the docstring.
+SCOPES = ("all", "corrector")
+DEFAULT_SCOPE: dict[str, str] = {"uni_pc": "corrector", "uni_pc_bh2": "corrector"}
 SCHEDULES = ("constant", "linear", "decay")
 REFERENCES = ("previous", "first")
 TARGETS = ("d", "x0")
@@ -103,25 +110,21 @@ def check_options(schedule: str, reference: str, target: str, coefficient: float
         raise ValueError(f"DualFast coefficient must be within [-10, 10], got {coefficient}")
 
 
-def corrected_denoiser(model, sigmas: torch.Tensor, coefficient: float, schedule: str = DEFAULT_SCHEDULE,
-                       reference: str = "previous", target: str = "d") -> Callable[..., torch.Tensor]:
-    """``model`` with DualFast applied to each call; the step index comes from the call's sigma.
-
-    The hook for any one-call-per-step solver: call the returned denoiser instead of ``model``. State (the
-    reference output) lives in this closure, so every sampling run gets a fresh one.
-    """
+def output_mixer(sigmas: torch.Tensor, coefficient: float, schedule: str = DEFAULT_SCHEDULE,
+                 reference: str = "previous", target: str = "d") -> Callable[..., torch.Tensor]:
+    """``mix(x, sigma, denoised) -> denoised``: DualFast on one model output, in call order; the step index comes
+    from the call's sigma. State (the reference output) lives in the closure: one mixer per sampling run."""
     check_options(schedule, reference, target, coefficient)
     steps = len(sigmas) - 1
     grid = sigmas[:-1].float().cpu()
     state: dict[str, torch.Tensor] = {}
 
-    def denoise(x: torch.Tensor, sigma: torch.Tensor, **extra: object) -> torch.Tensor:
-        denoised = model(x, sigma, **extra)
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x)
+    def mix(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        s = torch.as_tensor(sigma).to(x).reshape(-1, *([1] * (x.ndim - 1)))
         if (s <= 0).any():
             return denoised  # no derivative at sigma = 0 (the registry's solvers never call there)
         out = (x - denoised) / s if target == "d" else denoised
-        i = int((grid - float(sigma.reshape(-1)[0])).abs().argmin())
+        i = int((grid - float(s.reshape(-1)[0])).abs().argmin())
         ref = state.get("ref")
         if reference == "previous" or ref is None:
             state["ref"] = out
@@ -130,6 +133,20 @@ def corrected_denoiser(model, sigmas: torch.Tensor, coefficient: float, schedule
             return denoised
         mixed = (1 + c) * out - c * ref
         return x - s * mixed if target == "d" else mixed
+
+    return mix
+
+
+def corrected_denoiser(model, sigmas: torch.Tensor, coefficient: float, schedule: str = DEFAULT_SCHEDULE,
+                       reference: str = "previous", target: str = "d") -> Callable[..., torch.Tensor]:
+    """``model`` with DualFast applied to each call (scope "all": every use of the output sees the mixed value).
+
+    The hook for any one-call-per-step solver: call the returned denoiser instead of ``model``.
+    """
+    mix = output_mixer(sigmas, coefficient, schedule, reference, target)
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, **extra: object) -> torch.Tensor:
+        return mix(x, sigma, model(x, sigma, **extra))
 
     return denoise
 
@@ -150,19 +167,30 @@ def resolve_sampler(base: str | Callable) -> tuple[Callable, dict, float | None]
 def sample_dualfast(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                     callback=None, disable: bool | None = None, base: str | Callable = "euler",
                     coefficient: float | None = None, schedule: str = DEFAULT_SCHEDULE,
-                    reference: str = "previous", target: str = "d", **base_options) -> torch.Tensor:
+                    reference: str = "previous", target: str = "d", scope: str | None = None,
+                    **base_options) -> torch.Tensor:
     """``base`` (a registry name or sampler function) with the DualFast correction of coefficient c.
 
-    ``coefficient=None`` takes the measured default for a registry base (0 for other functions).
+    ``coefficient=None`` takes the measured default for a registry base (0 for other functions); ``scope=None``
+    its measured scope ("corrector" for UniPC, else "all"). "corrector" needs a base that takes a
+    ``corrector_value`` hook (UniPC).
     """
     if coefficient is None:
         coefficient = DEFAULT_COEFFICIENT.get(base, 0.0) if isinstance(base, str) else 0.0
+    if scope is None:
+        scope = DEFAULT_SCOPE.get(base, "all") if isinstance(base, str) else "all"
     fn, options, calls = resolve_sampler(base)
     if calls is not None and calls != 1:
         raise ValueError(f"DualFast needs a one-call-per-step sampler; {base!r} makes {calls:g} calls per step")
     check_options(schedule, reference, target, coefficient)
+    if scope not in SCOPES:
+        raise ValueError(f"unknown DualFast scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    if scope == "corrector" and "corrector_value" not in inspect.signature(fn).parameters:
+        raise ValueError(f"DualFast scope 'corrector' needs a predictor-corrector base (UniPC); {base!r} has none")
     model, extra_args = unwrap_for_base(model, extra_args)
-    denoiser = model if coefficient == 0 else corrected_denoiser(model, sigmas, coefficient, schedule,
-                                                                  reference, target)
-    return fn(denoiser, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-              **{**options, **base_options})
+    run = {**options, **base_options}
+    if coefficient != 0 and scope == "corrector":
+        run["corrector_value"] = output_mixer(sigmas, coefficient, schedule, reference, target)
+    elif coefficient != 0:
+        model = corrected_denoiser(model, sigmas, coefficient, schedule, reference, target)
+    return fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **run)

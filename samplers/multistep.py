@@ -7,6 +7,7 @@ them evaluates the model at sigma = 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -41,10 +42,13 @@ def _unipc_coefficients(rks: list[float], h: float, order: int, variant: str) ->
 
 @torch.no_grad()
 def sample_uni_pc(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, callback=None,
-                  disable: bool | None = None, variant: str = "bh1", max_order: int = 3) -> torch.Tensor:
+                  disable: bool | None = None, variant: str = "bh1", max_order: int = 3,
+                  corrector_value: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """UniPC multistep predictor-corrector (data prediction, lower order at the end), one call per step.
 
     As in ComfyUI, a final sigma of 0 is replaced by 1e-3 and the order is min(3, steps - 1).
+    ``corrector_value(x, sigma, x0)`` (optional, e.g. DualFast's) sees every model output in call order and returns
+    the value the UniC corrector uses; the predictor's history keeps the raw outputs.
     """
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
@@ -56,13 +60,16 @@ def sample_uni_pc(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict
     order = max(1, min(max_order, steps - 1))
     lam = [-math.log(s) for s in grid]
     denoised = evaluate(model, x, sigmas[0], args)
+    if corrector_value is not None:
+        corrector_value(x, sigmas[0], denoised)  # the first output is the reference of the next one
     history = [(0, denoised)]  # (grid index, x0 estimate), oldest first
     for k in range(1, steps + 1):
         step_callback(callback, x, k - 1, sigmas[k - 1], history[-1][1])
         x, correct = unipc_step(x, history, lam, grid, k, unipc_step_order(k, steps, order), variant)
         if k < steps:  # UniC corrector with the new model value, which the next step also reuses
-            m_new = evaluate(model, x, sigmas.new_tensor(grid[k]), args)
-            x = correct(m_new)
+            sigma = sigmas.new_tensor(grid[k])
+            m_new = evaluate(model, x, sigma, args)
+            x = correct(m_new if corrector_value is None else corrector_value(x, sigma, m_new))
             history = (history + [(k, m_new)])[-order:]
     return x
 
@@ -96,9 +103,11 @@ def unipc_step(x: torch.Tensor, history: list, lam: list[float], grid: list[floa
 
 @torch.no_grad()
 def sample_uni_pc_bh2(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None, callback=None,
-                      disable: bool | None = None) -> torch.Tensor:
+                      disable: bool | None = None,
+                      corrector_value: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """UniPC with B(h) = e^h - 1."""
-    return sample_uni_pc(model, x, sigmas, extra_args, callback, disable, variant="bh2")
+    return sample_uni_pc(model, x, sigmas, extra_args, callback, disable, variant="bh2",
+                         corrector_value=corrector_value)
 
 
 def _vp_time(edm_sigma_min: float = 0.002, edm_sigma_max: float = 80.0, eps: float = 1e-3):

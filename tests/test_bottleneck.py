@@ -265,8 +265,11 @@ def test_nodes_build_samplers_and_name_bad_inputs():
     with pytest.raises(NodeInputError, match="stages disagree"):
         node.run(**{**node.defaults(), "noise": "1, 0.8"})
     (df,) = NODE_BY_ID["TurboSampleDualFastSampler"].run(base_sampler="dpmpp_2m", coefficient=0.2,
-                                                         schedule="constant")
+                                                         schedule="constant", scope="auto")
     assert df.options == {"base": "dpmpp_2m", "coefficient": 0.2, "schedule": "constant"}
+    (df,) = NODE_BY_ID["TurboSampleDualFastSampler"].run(base_sampler="uni_pc", coefficient=0.4,
+                                                         schedule="decay", scope="all")
+    assert df.options == {"base": "uni_pc", "coefficient": 0.4, "schedule": "decay", "scope": "all"}
 
 
 # --- EPS / V models (k-diffusion sigma space) -------------------------------------------------------------

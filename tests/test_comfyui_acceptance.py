@@ -265,6 +265,7 @@ def test_dpm_solver_v3_statistics_are_estimated_inside_comfyui_and_its_sampler_r
 @pytest.mark.parametrize("node, inputs", [
     ("TurboSampleTimeShiftSampler", {"base_sampler": "euler_ancestral", "window": 30, "cutoff": 300}),
     ("TurboSampleDualFastSampler", {"base_sampler": "dpmpp_2m_sde", "coefficient": 0.3, "schedule": "constant"}),
+    ("TurboSampleDualFastSampler", {"base_sampler": "uni_pc", "coefficient": 0.4}),  # corrector scope in KSAMPLER
     ("TurboSampleChurnSampler", {"method": "heun", "s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0,
                                  "s_noise": 1.003}),
     ("TurboSampleMomentumSampler", {"method": "ghvb", "order": 4, "beta": 0.8}),

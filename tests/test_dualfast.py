@@ -19,7 +19,7 @@ def toy_denoiser(x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Ten
 SIGMAS = compute_sigmas(FlowSampling(), "simple", 6)
 
 
-@pytest.mark.parametrize("base", ["euler", "dpmpp_2m"])
+@pytest.mark.parametrize("base", ["euler", "dpmpp_2m", "uni_pc"])
 def test_coefficient_zero_reproduces_the_base_sampler_exactly(base):
     x = seeded_noise(3, (2, 3, 8, 8))
     expected = SAMPLERS[base].fn(toy_denoiser, x.clone(), SIGMAS)
@@ -141,3 +141,31 @@ def test_on_the_exact_gaussian_model_the_correction_does_not_help_a_second_order
     plain = float((solvers.sample_dpmpp_2m(flow.denoise, x.clone(), sigmas) - exact).pow(2).mean())
     mixed = sample_dualfast(flow.denoise, x.clone(), sigmas, base="dpmpp_2m", coefficient=0.3)
     assert float((mixed - exact).pow(2).mean()) > plain
+
+
+def test_unipc_corrector_scope_mixes_only_what_the_corrector_sees():
+    from turbosample.samplers.dualfast import output_mixer
+    from turbosample.samplers.multistep import sample_uni_pc
+
+    x = seeded_noise(4, (1, 2, 8, 8))
+    plain = sample_uni_pc(toy_denoiser, x.clone(), SIGMAS)
+    seen = []
+
+    def identity(x_, sigma, x0):
+        seen.append(float(sigma))
+        return x0
+
+    assert torch.equal(sample_uni_pc(toy_denoiser, x.clone(), SIGMAS, corrector_value=identity), plain)
+    assert seen == [float(s) for s in SIGMAS[:-1]]  # every model output once, in call order
+    # scope "corrector" (UniPC's default) = the hook fed by DualFast's mixer; scope "all" wraps the denoiser
+    mixer = output_mixer(SIGMAS, 0.4, "decay")
+    by_hand = sample_uni_pc(toy_denoiser, x.clone(), SIGMAS, corrector_value=mixer)
+    got = sample_dualfast(toy_denoiser, x.clone(), SIGMAS, base="uni_pc", coefficient=0.4)
+    assert torch.equal(got, by_hand) and not torch.allclose(got, plain)
+    everywhere = sample_dualfast(toy_denoiser, x.clone(), SIGMAS, base="uni_pc", coefficient=0.4, scope="all")
+    wrapped = sample_uni_pc(corrected_denoiser(toy_denoiser, SIGMAS, 0.4, "decay"), x.clone(), SIGMAS)
+    assert torch.equal(everywhere, wrapped) and not torch.allclose(everywhere, got)
+    with pytest.raises(ValueError, match="needs a predictor-corrector base"):
+        sample_dualfast(toy_denoiser, x.clone(), SIGMAS, base="euler", coefficient=0.4, scope="corrector")
+    with pytest.raises(ValueError, match="unknown DualFast scope"):
+        sample_dualfast(toy_denoiser, x.clone(), SIGMAS, base="uni_pc", coefficient=0.4, scope="both")
