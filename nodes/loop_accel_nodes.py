@@ -13,8 +13,8 @@ from ..samplers.bottleneck import (
     NOISE_SOURCES,
     PAPER_STEP_BUDGET,
     RESIZERS,
-    budget_steps,
     check_stages,
+    check_step_budget,
     sample_bottleneck,
 )
 from ..samplers.dualfast import DEFAULT_COEFFICIENT, DEFAULT_SCHEDULE, SCHEDULES, SCOPES, sample_dualfast
@@ -49,7 +49,7 @@ def bottleneck_info(base_sampler: str, scales: str, noise: str, shifts: str, ste
     if noise_source not in NOISE_SOURCES:
         raise NodeInputError(f"unknown noise source {noise_source!r}; choose one of {', '.join(NOISE_SOURCES)}")
     try:
-        budget_steps(1, options["step_budget"], 1)
+        check_step_budget(options["step_budget"])
         check_stages(options["scales"], options["noise"], options["shifts"], options["steps"], resize_method)
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None

@@ -75,7 +75,7 @@ steps where the baseline runs 50, so the stages take ``step_budget`` = 0.68 of t
 before 2026-12) bought no fidelity: the hand-over, not the step count, sets the error. Measured with
 ``bench/bench_bottleneck.py`` (paired to full-cost Euler at 64 px, bench/RESULTS.md): at 28 steps the defaults
 are 2.5x faster at 24.9 dB / LPIPS 0.091, Euler at the same wall time (11 steps) 21.5 dB / 0.108; with budget 1,
-1.8x at 24.6 dB, behind Euler at equal time (16 steps, 26.7 dB). The ``--sweep`` (budget 1, 28 steps): shifts
+1.7x at 24.6 dB, behind Euler at equal time (16 steps, 26.7 dB). The ``--sweep`` (budget 1, 28 steps): shifts
 [1, 1, 1] lose 3.4 dB; noise [1, .7, .5] gains 0.9 dB; resizers within 0.4 dB; starting noise 20.9 dB, fresh
 noise 15.1 dB, stages run to sigma 0 11.4-14.9 dB.
 
@@ -110,11 +110,16 @@ PAPER_STEP_BUDGET = 0.68  # = 34 / 50, same table: 6 + 20 + 8 = 34 steps against
 BUILTIN_PATCH = 4  # the built-in DiT's patch size, used when the model does not tell
 
 
-def budget_steps(incoming: int, budget: float, stages: int) -> int:
-    """How many steps the stages take in all: ``budget`` times the incoming schedule's, at least one per stage."""
+def check_step_budget(budget: float) -> None:
+    """ValueError unless ``budget`` is a usable fraction of the incoming schedule's steps, (0, 4]."""
     if not (math.isfinite(budget) and 0 < budget <= 4):
         raise ValueError(f"the bottleneck step budget must be in (0, 4] (a fraction of the schedule's steps), "
                          f"got {budget}")
+
+
+def budget_steps(incoming: int, budget: float, stages: int) -> int:
+    """How many steps the stages take in all: ``budget`` times the incoming schedule's, at least one per stage."""
+    check_step_budget(budget)
     return max(stages, round(incoming * budget))
 
 

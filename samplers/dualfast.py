@@ -49,14 +49,14 @@ within 0.05 dB of the table above. Euler c = 0.5: -0.0 / +0.2 / +0.6 / +1.2 / +1
 calls, +4.6 / +9.2 dB at 16 / 28; DPM-Solver++(2M) c = 0.3 at 4 / 5 / 6 / 8 / 10: -0.3 / -0.1 / -0.0 / +0.6 /
 +0.4 dB; UniPC is made worse at 4-6 and 10 calls by every c tried (0.1-0.8) and better only at 8. No c helps at
 4 calls. Euler c = 0.65-0.8 would gain a little more at 6-16 calls (up to +0.6 dB) but 0.8 loses 1.1 dB at 28
-steps; defaults kept.
+steps (all with the constant schedule, the default until the decay schedule below).
 
-Schedules (2026-12-03, same reference): ``decay``, c_i = c (steps - 1 - i) / (steps - 2), beats ``constant`` at
-every count from 4 to 16 calls for all three bases, and it is the only one that helps Euler at 4 calls; the
-last step (to sigma 0) is where a correction hurts most. Defaults since then: ``decay`` with Euler c = 0.75
-(+0.3 / +0.7 / +1.3 / +2.3 / +2.7 dB at 4 / 5 / 6 / 8 / 10 calls, +8.3 dB at 28; larger c gains more at 5-8
-calls but loses at 28, where c = 1 drops to +3.7 dB), DPM-Solver++(2M) c = 0.2 (-0.0 / +0.1 / +0.3 / +0.7 /
-+0.6 dB, +0.0 at 28; c = 0.3 loses 1.4 dB at 28). UniPC: mixing every output it reads (scope ``all``) loses
+Schedules (2026-12-03, same reference): ``decay``, c_i = c (steps - 1 - i) / (steps - 2), beats the constant
+defaults at every count from 4 to 10 calls for Euler and DPM-Solver++(2M), and it is the only schedule measured
+that helps Euler at 4 calls (it leaves the last step, onto sigma 0, uncorrected). Defaults since then: ``decay``
+with Euler c = 0.75 (+0.3 / +0.7 / +1.3 / +2.3 / +2.7 dB at 4 / 5 / 6 / 8 / 10 calls, +8.3 dB at 28; larger c gains
+more at 5-8 calls but loses at 28, where c = 1 drops to +3.7 dB), DPM-Solver++(2M) c = 0.2 (-0.0 / +0.1 / +0.3 /
++0.7 / +0.6 dB, +0.0 at 28; c = 0.3 loses 1.4 dB at 28). UniPC: mixing every output it reads (scope ``all``) loses
 PSNR at 4-6 calls for every c; mixing only the value its UniC corrector uses, with the predictor's history raw
 (scope ``corrector``, UniPC's default) gains from 5 calls: c = 0.6: -0.0 / +0.3 / +0.6 / +0.7 / +0.9 dB at 4 / 5 /
 6 / 8 / 10 calls, +3.0 / +1.3 dB at 16 / 28 (at 4 calls SSIM and LPIPS improve, PSNR ties).
