@@ -41,15 +41,17 @@ class DiTConfig:
 
 def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """Sin-cos features (N, dim) of real-valued positions."""
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+    half = torch.arange(dim // 2, dtype=torch.float32, device=positions.device)
+    freqs = torch.exp(-math.log(10000.0) * half / (dim // 2))
     angles = positions.float()[:, None] * freqs[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-def grid_position_embedding(rows: int, cols: int, dim: int, base_grid: int) -> torch.Tensor:
-    """(rows*cols, dim) features of token centres measured in base-grid units (resolution independent)."""
-    ys = (torch.arange(rows) + 0.5) * (base_grid / rows)
-    xs = (torch.arange(cols) + 0.5) * (base_grid / cols)
+def grid_position_embedding(rows: int, cols: int, dim: int, base_grid: int,
+                            device: torch.device | str | None = None) -> torch.Tensor:
+    """(rows*cols, dim) float32 features of token centres in base-grid units (resolution independent)."""
+    ys = (torch.arange(rows, device=device) + 0.5) * (base_grid / rows)
+    xs = (torch.arange(cols, device=device) + 0.5) * (base_grid / cols)
     emb_y = sincos_1d(ys, dim // 2)[:, None, :].expand(rows, cols, dim // 2)
     emb_x = sincos_1d(xs, dim // 2)[None, :, :].expand(rows, cols, dim // 2)
     return torch.cat([emb_y, emb_x], dim=-1).reshape(rows * cols, dim)
@@ -151,10 +153,10 @@ class TinyDiT(nn.Module):
         tokens = self.patch_embed(x)
         rows, cols = tokens.shape[-2:]
         tokens = tokens.flatten(2).transpose(1, 2)
-        pos = grid_position_embedding(rows, cols, self.config.width, self.config.base_grid)
-        tokens = tokens + pos.to(tokens)
-        t = timestep.to(tokens.dtype).reshape(-1).expand(x.shape[0])
-        c = self.time_mlp(timestep_features(t, self.config.width).to(tokens))
+        pos = grid_position_embedding(rows, cols, self.config.width, self.config.base_grid, tokens.device)
+        tokens = tokens + pos.to(tokens.dtype)
+        t = torch.as_tensor(timestep, device=tokens.device).float().reshape(-1).expand(x.shape[0])
+        c = self.time_mlp(timestep_features(t, self.config.width).to(tokens.dtype))
         c = c + self.text_mlp(context.to(tokens).mean(dim=1))
         return tokens, c, (rows, cols)
 

@@ -15,6 +15,35 @@ Denoiser = Callable[..., torch.Tensor]
 ModelWrapper = Callable[..., torch.Tensor]
 
 
+def network_placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and compute dtype of a network: the dtype holding most of its floating-point parameters.
+
+    (Modules kept in float32 inside a half-precision model, like diffusers' ``_keep_in_fp32_modules``, do not
+    make it a float32 model.)
+    """
+    counts: dict[torch.dtype, int] = {}
+    device = None
+    for p in module.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+            device = device or p.device
+    if device is None:
+        return torch.device("cpu"), torch.float32
+    return device, max(counts, key=counts.get)
+
+
+def to_network(value: object, device: torch.device, dtype: torch.dtype) -> object:
+    """``value`` on the network's device: floating-point tensors also in its dtype, integer ones kept (labels);
+    mappings and sequences entry by entry; anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+    if isinstance(value, Mapping):
+        return {k: to_network(v, device, dtype) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_network(v, device, dtype) for v in value)
+    return value
+
+
 @dataclass
 class DiffusionModel:
     """A raw network (ComfyUI forward convention) with its model-sampling object: the app's MODEL value."""
@@ -31,14 +60,22 @@ class DiffusionModel:
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 options: dict | None = None) -> torch.Tensor:
-        """The raw network call through every wrapper, outermost = first added."""
+        """The raw network call through every wrapper, outermost = first added.
+
+        As in ComfyUI, ``x`` and floating-point context tensors are cast to the network's device and compute
+        dtype before the first wrapper (so accelerators see what the network sees), the timestep stays float32
+        on that device, and the output comes back as float32.
+        """
 
         def call(x_: torch.Tensor, t_: torch.Tensor, c_: torch.Tensor, _options: dict) -> torch.Tensor:
             return self.diffusion_model(x_, t_, context=c_)
 
         for _key, wrapper in reversed(self.wrappers):
             call = partial(wrapper, call)
-        return call(x, timestep, context, options if options is not None else {})
+        device, dtype = network_placement(self.diffusion_model)
+        out = call(x.to(device=device, dtype=dtype), torch.as_tensor(timestep).to(device=device, dtype=torch.float32),
+                   to_network(context, device, dtype), options if options is not None else {})
+        return out.float()
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                 options: dict | None = None) -> torch.Tensor:
@@ -72,10 +109,12 @@ def conditioning_tensor(conditioning: list) -> torch.Tensor | Mapping[str, torch
 
 
 def batch_context(context: torch.Tensor | Mapping, x: torch.Tensor) -> torch.Tensor | dict:
-    """A tensor or mapping context on ``x``'s device and dtype, one-row entries repeated to ``x``'s batch."""
+    """A tensor or mapping context on ``x``'s device (floating-point entries also in its dtype; integer ones,
+    such as class labels, keep theirs), one-row entries repeated to ``x``'s batch."""
     if isinstance(context, Mapping):
         return {k: batch_context(v, x) for k, v in context.items()}
-    t = context.to(x).reshape(1) if context.ndim == 0 else context.to(x)
+    t = context.to(device=x.device, dtype=x.dtype if context.is_floating_point() else context.dtype)
+    t = t.reshape(1) if t.ndim == 0 else t
     return t.expand(x.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
 
 
