@@ -31,6 +31,9 @@ class TransformerParts:
     attention_modules                          objects whose ``attention(q, k, v)`` attribute may be replaced
     run_block(i, tokens, cond, attention)      block i with ``attention(q, k, v)`` (B, heads, N, hd) used in
                                                place of its own, without touching the module (None: unsupported)
+    stack(tokens, cond) -> tokens               the whole block stack in one call, as the model's own forward runs
+                                               it (None: the blocks in a loop); dual-stream models split the text
+                                               and image streams once here instead of at every block
     """
 
     name: str
@@ -40,13 +43,20 @@ class TransformerParts:
     patch_size: int | tuple[int, ...]  # square patch side, or one size per spatial dim (Wan: frames, rows, cols)
     attention_modules: Sequence[object] = ()
     run_block: Callable[[int, Tokens, torch.Tensor, AttentionFn], Tokens] | None = None
+    stack: Callable[[Tokens, torch.Tensor], Tokens] | None = None
+
+    def run_stack(self, tokens: Tokens, cond: torch.Tensor) -> Tokens:
+        """Every block, in order (``stack`` when the adapter has one)."""
+        if self.stack is not None:
+            return self.stack(tokens, cond)
+        for block in self.blocks:
+            tokens = block(tokens, cond)
+        return tokens
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The plain forward rebuilt from the parts (equals the model's own forward)."""
         tokens, cond, grid = self.embed(x, timestep, context)
-        for block in self.blocks:
-            tokens = block(tokens, cond)
-        return self.head(tokens, cond, grid)
+        return self.head(self.run_stack(tokens, cond), cond, grid)
 
 
 def dit_block_forward(block: torch.nn.Module, x: Tokens, c: torch.Tensor, attention: AttentionFn) -> Tokens:

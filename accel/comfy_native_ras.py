@@ -110,7 +110,7 @@ def begin_call(cfg: RASConfig, patch: Patch, x: torch.Tensor, options: dict, sto
         return None
     state, step, n_drop, n_chunks = found
     call = {"state": state, "step": step, "n_img": state.drops.shape[1], "mode": "dense", "block": None,
-            "self_attention_only": self_attention_only}
+            "self_attention_only": self_attention_only, "kv_cache": cfg.kv_cache}
     if any(size % p for size, p in zip(x.shape[2:], dims, strict=True)) or options.get(PLAIN_OPTION):
         call["mode"] = "plain"
     elif (n_drop > 0 and state.prev_out is not None and state.prev_tokens is not None and bool(state.filled.all())
@@ -243,7 +243,7 @@ def attention_override(previous: Callable | None) -> Callable:
         kw = {**kwargs, "skip_reshape": True}
         state = call["state"]
         if call["mode"] == "dense":
-            state.caches[key] = fill_cache(k, v)
+            state.caches[key] = fill_cache(k, v, call["kv_cache"])
             return attend(q, k, v, *rest, **kw)
         active = call["img_index"]
         index = stack_index(active, q.shape[2] - active.shape[1] + call["n_img"], call["n_img"])

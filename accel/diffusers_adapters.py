@@ -107,6 +107,22 @@ def dual_stream_block(block: torch.nn.Module, rotary: bool) -> Callable[[torch.T
     return run
 
 
+def dual_stream_stack(modules: list, rotary: bool) -> Callable[[torch.Tensor, BlockCond], torch.Tensor]:
+    """All dual-stream blocks as the model's own forward runs them: text and image streams split once (contiguous),
+    each block fed the two streams, one concatenation at the end (not one per block)."""
+
+    def run(tokens: torch.Tensor, cond: BlockCond) -> torch.Tensor:
+        txt, img = (t.contiguous() for t in split_streams(tokens, cond))
+        extra = {"image_rotary_emb": cond.rotary()} if rotary else {}
+        temb = cond.batch["temb"]
+        for block in modules:
+            txt_out, img = block(hidden_states=img, encoder_hidden_states=txt, temb=temb, **extra)
+            txt = txt if txt_out is None else txt_out
+        return torch.cat([txt, img], dim=1)
+
+    return run
+
+
 # --- SD3 (MMDiT) ---------------------------------------------------------------------------------------------
 
 def sd3_parts(model: torch.nn.Module) -> TransformerParts:
@@ -134,7 +150,8 @@ def sd3_parts(model: torch.nn.Module) -> TransformerParts:
     dual = any(getattr(b, "attn2", None) is not None for b in modules)  # SD3.5 MMDiT-X: 2nd, image-only attention
     return TransformerParts(name="diffusers SD3Transformer2DModel" + (" (dual attention)" if dual else ""),
                             embed=embed, blocks=blocks, head=head, patch_size=p,
-                            run_block=None if dual else routed_run_block([b.attn for b in modules], blocks))
+                            run_block=None if dual else routed_run_block([b.attn for b in modules], blocks),
+                            stack=dual_stream_stack(modules, rotary=False))
 
 
 # --- Flux ----------------------------------------------------------------------------------------------------
@@ -187,7 +204,8 @@ def flux_parts(model: torch.nn.Module) -> TransformerParts:
     modules = [*model.transformer_blocks, *model.single_transformer_blocks]
     blocks = [dual_stream_block(b, rotary=True) for b in modules]
     return TransformerParts(name="diffusers FluxTransformer2DModel", embed=embed, blocks=blocks, head=head,
-                            patch_size=2, run_block=routed_run_block([b.attn for b in modules], blocks))
+                            patch_size=2, run_block=routed_run_block([b.attn for b in modules], blocks),
+                            stack=dual_stream_stack(modules, rotary=True))
 
 
 # --- Wan -----------------------------------------------------------------------------------------------------

@@ -177,9 +177,7 @@ def decide_branches(plan: StepPlan, shapes: Sequence[torch.Size], record: list |
 
 
 def run_blocks(parts: TransformerParts, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    for block in parts.blocks:
-        tokens = block(tokens, cond)
-    return tokens
+    return parts.run_stack(tokens, cond)
 
 
 def magcache_forward(parts: TransformerParts, settings: MagCacheSettings, x: torch.Tensor, timestep: torch.Tensor,

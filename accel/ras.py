@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from ..samplers.denoiser import DiffusionModel
 from .adapter import TransformerParts, UnsupportedModel, transformer_parts
-from .kv_cache import cached_attention, fill_cache, gather_tokens, scatter_tokens
+from .kv_cache import KVCache, cached_attention, gather_tokens, scatter_tokens
 from .ras_select import Patch, RASConfig, drop_count, pixel_mask, select_tokens, step_index, token_grid
 from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_one_sigma, partner_settings
 
@@ -70,7 +70,7 @@ class BranchState:
     active: torch.Tensor | None = None       # (B, K) token indices of the current sparse step
     prev_out: torch.Tensor | None = None     # last model output (B, C, H, W), merged
     prev_tokens: torch.Tensor | None = None  # last block-stack output (B, N, D), all tokens
-    caches: list = field(default_factory=list)  # per block (K, V), (B, heads, N, head_dim)
+    caches: list = field(default_factory=list)  # per block KVCache of (B, heads, N, head_dim), filled in place
 
 
 def ras_parts(diffusion_model: torch.nn.Module) -> TransformerParts:
@@ -86,16 +86,21 @@ def block_attention(parts: TransformerParts, j: int):
         if j < len(parts.attention_modules) else F.scaled_dot_product_attention
 
 
-def dense_blocks(parts: TransformerParts, tokens: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, list]:
-    """Every token through every block; also returns every block's full (K, V)."""
-    caches = []
+def dense_blocks(parts: TransformerParts, tokens: torch.Tensor, c: torch.Tensor, caches: list | None = None,
+                 rows: torch.Tensor | None = None, batch: int | None = None, mode: str = "full"
+                 ) -> tuple[torch.Tensor, list]:
+    """Every token through every block, writing every block's full (K, V) into ``caches`` in place (batch
+    ``rows`` of caches for ``batch`` rows; missing ones are allocated), so a run holds one set of caches."""
+    caches = [] if caches is None else caches
 
-    def filling(attention, q, k, v):
-        caches.append(fill_cache(k, v))
+    def filling(j, attention, q, k, v):
+        if j == len(caches):
+            caches.append(KVCache.empty(k, batch or k.shape[0], mode))
+        caches[j].write(k, v, rows)
         return attention(q, k, v)
 
     for j in range(len(parts.blocks)):
-        tokens = parts.run_block(j, tokens, c, partial(filling, block_attention(parts, j)))
+        tokens = parts.run_block(j, tokens, c, partial(filling, j, block_attention(parts, j)))
     return tokens, caches
 
 
@@ -176,15 +181,8 @@ class RASRunner:
         every = rows.numel() == st.shape[0]
         self.ran = torch.zeros(st.shape[0], dtype=torch.bool, device=tokens.device).index_fill_(0, rows, True)
         if not sparse:
-            out, caches = dense_blocks(self.parts, tokens, c)
-            if every:
-                st.caches = caches
-            else:
-                if not st.caches:
-                    st.caches = [(k.new_zeros((st.shape[0], *k.shape[1:])), v.new_zeros((st.shape[0], *v.shape[1:])))
-                                 for k, v in caches]
-                for (ck, cv), (k, v) in zip(st.caches, caches, strict=True):
-                    ck[rows], cv[rows] = k, v
+            out, st.caches = dense_blocks(self.parts, tokens, c, st.caches, None if every else rows, st.shape[0],
+                                          self.cfg.kv_cache)
             st.filled[rows] = True
             return out
         if st.active is None or st.selected != self.step:
@@ -197,10 +195,10 @@ class RASRunner:
             self.sparse_rows = rows
             return scatter_tokens(st.prev_tokens.to(h.dtype), index, h)
         active = index[rows]
-        caches = [(k[rows], v[rows]) for k, v in st.caches]
+        caches = [cache.take(rows) for cache in st.caches]
         h = sparse_blocks(self.parts, tokens, c, caches, active)
-        for (ck, cv), (k, v) in zip(st.caches, caches, strict=True):
-            ck[rows], cv[rows] = k, v
+        for cache, sub in zip(st.caches, caches, strict=True):
+            cache.put(rows, sub)
         self.sparse_rows = rows
         return scatter_tokens(st.prev_tokens[rows].to(h.dtype), active, h)
 

@@ -30,6 +30,8 @@ class RASConfig:
     metric: str = "std"
     dynamic_step: float = 0.0        # dynamic schedule: fraction of tokens dropped more per group of steps
     dynamic_length: int = 0          # steps per group (0 = static ratio)
+    kv_cache: str = "full"           # K/V cache storage: full, or int8 (low memory, accel/kv_cache.py)
+    cuda_graph: bool = False         # replay sparse steps as a CUDA graph (CUDA only; falls back to eager)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sample_ratio) and 0.0 < self.sample_ratio <= 1.0):
@@ -45,6 +47,8 @@ class RASConfig:
             raise ValueError(f"RAS starvation_scale must be >= 0, got {self.starvation_scale}")
         if self.starvation not in STARVATION_MODES:
             raise ValueError(f"RAS starvation must be one of {STARVATION_MODES}, got {self.starvation!r}")
+        if self.kv_cache not in ("full", "int8"):
+            raise ValueError(f"RAS kv_cache must be 'full' or 'int8', got {self.kv_cache!r}")
         if self.metric not in METRICS:
             raise ValueError(f"RAS metric must be one of {METRICS}, got {self.metric!r}")
 

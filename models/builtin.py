@@ -15,13 +15,19 @@ TRAINED_SIZES = (32, 64)
 DEFAULT_SIZE = 64
 
 
-def save_weights(model: TinyDiT, path: Path, info: dict) -> None:
+def save_weights(model: TinyDiT, path: Path, info: dict, dtype: str = "fp32") -> None:
+    """Weights (``fp16`` halves the file; the loader copies them into a float32 model) with config and record."""
+    import torch
     from safetensors.torch import save_file
 
+    cast = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
     meta = {"turbosample.model_id": MODEL_ID, "turbosample.config": json.dumps(model.config.to_dict()),
             "turbosample.info": json.dumps(info)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    tensors = {k: v.detach().to("cpu", cast).contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)  # never a half-written file under the real name
 
 
 def read_metadata(path: Path) -> dict:

@@ -1,8 +1,14 @@
 """Train the built-in model: ``python -m turbosample.models.train --out models/builtin_emoji.safetensors``.
 
-Rectified flow (x_t = (1 - s) x0 + s noise, target v = noise - x0), logit-normal s, 10 % of prompts
-dropped to the null condition for CFG, AdamW with warm-up and cosine decay, EMA weights saved.
-Phase 1 trains at 32x32 only; phase 2 mixes in 64x64 batches so both resolutions are learned.
+Rectified flow (x_t = (1 - s) x0 + s noise, target v = noise - x0), logit-normal s, prompts dropped to the null
+condition for CFG, AdamW with warm-up and cosine decay, EMA weights saved (float16 by default, the training record
+in the metadata). Phase 1 trains at 32x32 only; phase 2 mixes in 64x64 batches so both resolutions are learned.
+
+On a GPU the whole data set lives on the device and every random draw (images, prompt variants, CFG drop, s,
+noise) comes from one seeded generator on the device; the 32/64 px plan of all steps is drawn up front, the model
+runs under bf16 autocast and the loop only syncs with the host when it logs. ``--minutes`` fits the step counts to a
+wall-clock budget after timing a few steps of each size. A GPU box without npm or the text encoder gets the data
+from ``--data-pack`` (written here by ``--write-data-pack``).
 """
 
 from __future__ import annotations
@@ -10,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -19,28 +24,7 @@ import torch.nn.functional as F
 
 from .builtin import MODEL_ID, load_model, read_metadata, save_weights
 from .dit import DiTConfig, TinyDiT
-from .emoji_data import PACKAGE, fetch_package, load_emoji
-from .text import TEXT_ENCODER_ID, encode_prompts
-
-
-def build_text_table(prompts: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All prompt variants encoded once: embeddings (V, D), first variant index and count per image."""
-    flat = [v for variants in prompts for v in variants]
-    emb = torch.cat([encode_prompts(flat[i:i + 256]) for i in range(0, len(flat), 256)])
-    counts = torch.tensor([len(v) for v in prompts])
-    starts = torch.cumsum(counts, 0) - counts
-    return emb, starts, counts
-
-
-def sample_batch(images: torch.Tensor, text: tuple, batch: int, size: int, drop: float, gen: torch.Generator):
-    emb, starts, counts = text
-    idx = torch.randint(0, images.shape[0], (batch,), generator=gen).to(images.device)
-    x0 = images[idx]
-    if size != x0.shape[-1]:
-        x0 = F.interpolate(x0, size=(size, size), mode="area")
-    pick = starts[idx] + (torch.rand(batch, generator=gen).to(emb.device) * counts[idx]).long()
-    cond = emb[pick] * (torch.rand(batch, 1, generator=gen).to(emb.device) >= drop)
-    return x0, cond[:, None, :]
+from .train_data import TEMPLATE_SETS, TrainingData, build_training_data, load_pack, save_pack
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -49,62 +33,171 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def train(args: argparse.Namespace) -> None:
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    images, prompts, _ = load_emoji(fetch_package(Path(args.data_cache)))
-    text = tuple(t.to(device) for t in build_text_table(prompts))
-    images = images.to(device)
-    print(f"{images.shape[0]} images, {text[0].shape[0]} prompt variants", flush=True)
-    config = DiTConfig(width=args.width, depth=args.depth, heads=args.heads)
-    model = TinyDiT(config)
-    if args.init:
-        model.load_state_dict(load_model(args.init).state_dict())
-    model.to(device)
-    ema = TinyDiT(config).to(device)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    total = args.steps_low + args.steps_mixed
-    start, seen, log = time.time(), 0, []
-    for step in range(total):
-        high = step >= args.steps_low and torch.rand(1, generator=gen).item() < args.p_high
-        size = 64 if high else 32
-        batch = args.batch_high if high else args.batch
-        x0, cond = sample_batch(images, text, batch, size, args.cond_drop, gen)
-        s = torch.sigmoid(torch.randn(batch, generator=gen)).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        xt = (1 - s)[:, None, None, None] * x0 + s[:, None, None, None] * noise
-        loss = F.mse_loss(model(xt, s * 1000, cond), noise - x0)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, total, args.lr, args.warmup)
+def size_plan(steps_low: int, steps_mixed: int, p_high: float, seed: int) -> torch.Tensor:
+    """(steps,) bool, True = a 64 px batch; drawn up front on the CPU so the loop never asks the device."""
+    gen = torch.Generator().manual_seed(seed)
+    mixed = torch.rand(steps_mixed, generator=gen) < p_high
+    return torch.cat([torch.zeros(steps_low, dtype=torch.bool), mixed])
+
+
+class DeviceData:
+    """The training set on the device, drawn from with a device generator."""
+
+    def __init__(self, data: TrainingData, device: torch.device, seed: int):
+        self.high = data.images_float(device)
+        self.low = F.interpolate(self.high, size=(32, 32), mode="area")
+        self.emb = data.embeddings.to(device).float()
+        self.starts, self.counts = data.starts.to(device), data.counts.to(device)
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.device = device
+
+    def batch(self, size: int, high: bool, drop: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_t, s * 1000, the prompt condition (B, 1, D) and the velocity target of one batch."""
+        g, d = self.gen, self.device
+        images = self.high if high else self.low
+        idx = torch.randint(0, images.shape[0], (size,), generator=g, device=d)
+        x0 = images[idx]
+        pick = self.starts[idx] + (torch.rand(size, generator=g, device=d) * self.counts[idx]).long()
+        keep = torch.rand(size, 1, generator=g, device=d) >= drop
+        cond = (self.emb[pick] * keep)[:, None, :]
+        s = torch.sigmoid(torch.randn(size, generator=g, device=d))
+        noise = torch.randn(x0.shape, generator=g, device=d)
+        sv = s[:, None, None, None]
+        return (1 - sv) * x0 + sv * noise, s * 1000, cond, noise - x0
+
+
+def make_step(model: TinyDiT, opt: torch.optim.Optimizer, autocast: bool, device: torch.device):
+    """One optimiser step; returns the loss as a device tensor (no host sync)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(xt: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            pred = model(xt, t, cond)
+        loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
+        return loss.detach()
+
+    return step
+
+
+def fit_steps(args: argparse.Namespace, timing: dict[str, float]) -> tuple[int, int]:
+    """(steps_low, steps_mixed) for ``--minutes``: the phases keep the ratio of the given step counts."""
+    per_low, per_high = timing["low"], timing["high"]
+    per_mixed = (1 - args.p_high) * per_low + args.p_high * per_high
+    total = args.steps_low + args.steps_mixed
+    frac_low = args.steps_low / total if total else 0.5
+    budget = args.minutes * 60 - timing.get("setup", 0.0)
+    per_step = frac_low * per_low + (1 - frac_low) * per_mixed
+    steps = max(2, int(budget / per_step))
+    low = int(round(steps * frac_low))
+    return low, steps - low
+
+
+def time_steps(step, data: DeviceData, args: argparse.Namespace, sync, n: int = 20) -> dict[str, float]:
+    """Seconds per step at 32 and 64 px, measured on throw-away steps (after a warm-up of each size)."""
+    out = {}
+    for name, high, batch in (("low", False, args.batch), ("high", True, args.batch_high)):
+        step(*data.batch(batch, high, args.cond_drop))
+        sync()
+        start = time.perf_counter()
+        for _ in range(n):
+            step(*data.batch(batch, high, args.cond_drop))
+        sync()
+        out[name] = (time.perf_counter() - start) / n
+    return out
+
+
+def training_data(args: argparse.Namespace) -> TrainingData:
+    data = load_pack(Path(args.data_pack)) if args.data_pack else build_training_data(Path(args.data_cache),
+                                                                                       args.templates)
+    if args.subset:
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        data = data.subset(torch.randperm(len(data.images), generator=gen)[:args.subset].sort().values)
+    return data
+
+
+def new_model(args: argparse.Namespace) -> TinyDiT:
+    config = DiTConfig(width=args.width, depth=args.depth, heads=args.heads, patch_size=args.patch)
+    model = TinyDiT(config)
+    if args.init:
+        start = load_model(args.init)
+        if start.config != config:
+            raise ValueError(f"--init weights have config {start.config}, not {config}")
+        model.load_state_dict(start.state_dict())
+    return model
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    start = time.time()
+    data = training_data(args)
+    dev = DeviceData(data, device, args.seed)
+    print(f"{len(data.images)} images, {len(data.embeddings)} prompt variants", flush=True)
+    model = new_model(args).to(device)
+    ema = TinyDiT(model.config).to(device)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99), fused=cuda or None)
+    net = model
+    if args.compile:
+        net = torch.compile(model, dynamic=False)
+    step = make_step(net, opt, args.autocast if args.autocast is not None else cuda, device)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    timing = {}
+    if args.minutes:
+        snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+        timing = time_steps(step, dev, args, sync)
+        model.load_state_dict(snapshot)  # throw-away steps: start from the initial weights again
+        opt.state.clear()
+        timing["setup"] = time.time() - start
+        args.steps_low, args.steps_mixed = fit_steps(args, timing)
+        print(json.dumps({"timing_s_per_step": {k: round(v, 5) for k, v in timing.items()},
+                          "steps_low": args.steps_low, "steps_mixed": args.steps_mixed}), flush=True)
+    plan = size_plan(args.steps_low, args.steps_mixed, args.p_high, args.seed).tolist()
+    total, seen, log = len(plan), 0, []
+    model_params, ema_params = list(model.parameters()), list(ema.parameters())
+    loop_start = time.time()
+    for i, high in enumerate(plan):
+        batch = args.batch_high if high else args.batch
+        for group in opt.param_groups:
+            group["lr"] = lr_at(i, total, args.lr, args.warmup)
+        loss = step(*dev.batch(batch, high, args.cond_drop))
+        decay = min(args.ema, (1 + i) / (10 + i))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
+            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         seen += batch
-        if step % 50 == 0 or step == total - 1:
-            entry = {"step": step, "size": size, "loss": round(loss.item(), 4),
+        if i % args.log_every == 0 or i == total - 1:
+            entry = {"step": i, "size": 64 if high else 32, "loss": round(loss.item(), 4),
                      "minutes": round((time.time() - start) / 60, 2)}
             log.append(entry)
             print(json.dumps(entry), flush=True)
-        if args.checkpoint_every and step and step % args.checkpoint_every == 0:
-            save_weights(ema, Path(args.out).with_suffix(".partial.safetensors"), {"steps_done": step})
+        if args.checkpoint_every and i and i % args.checkpoint_every == 0:
+            save_weights(ema, Path(args.out).with_suffix(".partial.safetensors"), {"steps_done": i},
+                         dtype=args.save_dtype)
+    sync()
     minutes = (time.time() - start) / 60
-    info = {"model_id": MODEL_ID, "data": PACKAGE, "init": args.init and read_info(args.init),
-            "text_encoder": TEXT_ENCODER_ID, "steps": total,
+    device_name = f"cpu x{args.threads} threads" if not cuda else torch.cuda.get_device_name(device)
+    info = {"model_id": MODEL_ID, **data.info, "init": args.init and read_info(args.init), "steps": total,
             "images_seen": seen, "train_minutes": round(minutes, 1),
-            "device": f"cpu x{args.threads} threads" if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "args": vars(args)}
-    save_weights(ema, Path(args.out), info)
+            "loop_minutes": round((time.time() - loop_start) / 60, 2), "device": device_name,
+            "seconds_per_step": {k: round(v, 5) for k, v in timing.items()} or None,
+            "final_loss": log[-1]["loss"] if log else None, "args": vars(args)}
+    save_weights(ema, Path(args.out), info, dtype=args.save_dtype)
     print(json.dumps(info), flush=True)
+    return info
 
 
 def read_info(path: str) -> dict:
@@ -116,8 +209,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="models/builtin_emoji.safetensors")
     ap.add_argument("--data-cache", default=str(Path.home() / ".cache" / "turbosample" / "emoji"))
+    ap.add_argument("--data-pack", default=None, help="training data from a pack written by --write-data-pack")
+    ap.add_argument("--write-data-pack", default=None, metavar="FILE",
+                    help="only encode the training data into FILE (.npz) and exit")
+    ap.add_argument("--templates", default="phrases", choices=list(TEMPLATE_SETS),
+                    help="prompt phrasings per name variant")
+    ap.add_argument("--subset", type=int, default=0, help="train on this many images only (ablations)")
     ap.add_argument("--steps-low", type=int, default=1200, help="phase 1 steps at 32x32")
     ap.add_argument("--steps-mixed", type=int, default=1300, help="phase 2 steps mixing 32x32 and 64x64")
+    ap.add_argument("--minutes", type=float, default=0.0,
+                    help="fit the step counts (keeping their ratio) to this wall-clock budget")
     ap.add_argument("--p-high", type=float, default=0.4, help="share of 64x64 batches in phase 2")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batch-high", type=int, default=48)
@@ -128,13 +229,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--patch", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--checkpoint-every", type=int, default=250)
     ap.add_argument("--init", help="start from these built-in weights (a fine-tuning stage)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (random draws stay on the CPU generator)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast (default: on for CUDA, off on the CPU)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--save-dtype", default="fp16", choices=["fp16", "fp32"], help="dtype of the saved weights")
     return ap.parse_args(argv)
 
 
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.write_data_pack:
+        data = build_training_data(Path(args.data_cache), args.templates)
+        save_pack(data, Path(args.write_data_pack))
+        print(json.dumps(data.info), flush=True)
+        return
+    train(args)
+
+
 if __name__ == "__main__":
-    train(parse_args())
+    main()

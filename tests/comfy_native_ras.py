@@ -155,7 +155,7 @@ def direct(kind: str, per_frame: bool = False) -> dict:
 
         def call(mode: str) -> torch.Tensor:
             run.data[native.CALL_KEY] = {"state": state, "step": 0, "n_img": n, "mode": mode, "block": None,
-                                         "complete": False, "self_attention_only": kind == "wan"}
+                                         "complete": False, "self_attention_only": kind == "wan", "kv_cache": "full"}
             return dm(x, t, context, y=y, transformer_options=options)
 
         state.caches = {}

@@ -11,6 +11,7 @@ from test_diffusers_adapters import inputs, tiny_flux, tiny_sd3, tiny_wan  # noq
 
 from turbosample.accel.adapter import UnsupportedModel  # noqa: E402
 from turbosample.accel.diffusers_adapters import DiffusersDiT, own_forward  # noqa: E402
+from turbosample.accel.kv_cache import fill_cache  # noqa: E402
 from turbosample.accel.magcache import MagCacheSettings, magcache_model  # noqa: E402
 from turbosample.accel.ras import apply_ras, dense_forward, ras_parts, sparse_forward, stack_index  # noqa: E402
 from turbosample.samplers.denoiser import DiffusionModel, cfg_denoiser  # noqa: E402
@@ -134,7 +135,7 @@ def test_sparse_forward_updates_the_cache_at_text_and_active_positions_only(mode
         torch.testing.assert_close(new, torch.where(hit, full_kv, old), atol=1e-5, rtol=1e-5)
     # with a fresh cache the active tokens come out exactly as in the full forward; the others keep prev
     prev = torch.full_like(full, 7.0)
-    out = sparse_forward(parts, x, t, ctx, [(k.clone(), v.clone()) for k, v in fresh], active, prev)
+    out = sparse_forward(parts, x, t, ctx, [fill_cache(k, v) for k, v in fresh], active, prev)
     mask = token_pixels(torch.zeros(2, n_img, dtype=torch.bool).scatter_(1, active, True), name, full)
     torch.testing.assert_close(out[mask], full[mask], atol=1e-5, rtol=1e-5)
     assert torch.equal(out[~mask], prev[~mask])
