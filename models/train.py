@@ -51,7 +51,7 @@ class DeviceData:
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.device = device
 
-    def batch(self, size: int, high: bool, drop: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, size: int, high: bool, drop: float) -> tuple[torch.Tensor, ...]:
         """x_t, s * 1000, the prompt condition (B, 1, D) and the velocity target of one batch."""
         g, d = self.gen, self.device
         images = self.high if high else self.low
