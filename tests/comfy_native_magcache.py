@@ -5,6 +5,9 @@ measurements; tests/test_comfyui_magcache_native.py asserts on them.
 Hooks on the diffusion model (instrumentation only, removed after each run) see each call's cond_or_uncond and
 sigma, the embedding output (stack input up to a constant position term), the final layer's input (stack output)
 and every block call with its batch size.
+
+``TURBOSAMPLE_COMFY_DEVICE`` (cpu, cuda) and ``TURBOSAMPLE_COMFY_DTYPE`` (fp32, bf16, fp16) choose where and in which
+precision the tiny models run (default: CPU, float32); bench/gpu_check.py runs this script on CUDA in bf16 / fp16.
 """
 
 import json
@@ -23,7 +26,10 @@ load_pack(root)
 
 import comfy.cli_args  # noqa: E402
 
-comfy.cli_args.args.cpu = True
+DEVICE = torch.device(os.environ.get("TURBOSAMPLE_COMFY_DEVICE", "cpu"))
+DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[
+    os.environ.get("TURBOSAMPLE_COMFY_DTYPE", "fp32")]
+comfy.cli_args.args.cpu = DEVICE.type == "cpu"
 
 import comfy.model_patcher  # noqa: E402
 import comfy.samplers  # noqa: E402
@@ -63,12 +69,18 @@ CONFIGS = {
 }
 
 
-def tiny_patcher(kind: str):
+def tiny_model(kind: str, dtype: torch.dtype):
     cls, unet_config, _shape = CONFIGS[kind]
-    torch.manual_seed(0)
     config = cls(dict(unet_config))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({}, device=torch.device("cpu"))
+    config.set_inference_dtype(dtype, None)
+    return config.get_model({}, device=torch.device("cpu"))
+
+
+def tiny_patcher(kind: str):
+    """The tiny model with random weights drawn in float32 on the CPU (the same on every device), then cast to
+    DTYPE and moved to DEVICE."""
+    torch.manual_seed(0)
+    model = tiny_model(kind, torch.float32)
     with torch.no_grad():
         for name, p in model.diffusion_model.named_parameters():
             if p.ndim >= 2:
@@ -80,7 +92,11 @@ def tiny_patcher(kind: str):
         for name, b in model.diffusion_model.named_buffers():
             if name == "pos_embed":
                 b.normal_(0, 0.1)
-    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    if DTYPE != torch.float32:
+        reference, model = model, tiny_model(kind, DTYPE)
+        model.diffusion_model.load_state_dict(reference.diffusion_model.state_dict())
+    model.to(DEVICE)
+    return comfy.model_patcher.ModelPatcher(model, DEVICE, torch.device("cpu"))
 
 
 def conds(kind: str):
@@ -142,17 +158,19 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def residual_reuse_error(calls: list[dict], decisions: dict) -> tuple[float, int]:
-    """Max error of 'skipped output = stack input + last computed residual', per branch chunk, and how many
-    skipped chunks were checked. Differences between two calls cancel the constant position term."""
+    """Max error of 'skipped output = stack input + last computed residual', per branch chunk, relative to the
+    largest stack value (at least 1), and how many skipped chunks were checked. Differences between two calls cancel
+    the constant position term."""
     last: dict = {}
     worst, checked = 0.0, 0
+    scale = max([1.0] + [float(c[k].abs().max()) for c in calls for k in ("embed", "final_in")])
     for c in calls:
         n = len(c["branches"])
         for i, br in enumerate(c["branches"]):
             emb, fin = c["embed"].chunk(n)[i], c["final_in"].chunk(n)[i]
             if decisions[(br, c["step"])]:
                 e0, f0 = last[br]
-                worst = max(worst, float(((fin - f0) - (emb - e0)).abs().max()))
+                worst = max(worst, float(((fin - f0) - (emb - e0)).abs().max()) / scale)
                 checked += 1
             else:
                 last[br] = (emb, fin)

@@ -144,9 +144,10 @@ def direct(kind: str, per_frame: bool = False) -> dict:
     dm = base.get_model_object("diffusion_model")
     g = torch.Generator().manual_seed(3)
     shape, n = SHAPES[kind], TOKENS[kind]
-    x = torch.randn(2, *shape[1:], generator=g)
-    t = torch.tensor([[0.7, 0.2], [0.5, 0.9]]) if per_frame else torch.full((2,), 0.7)
-    context, y = torch.randn(2, 6, tiny.CTX, generator=g), torch.randn(2, tiny.POOLED, generator=g)
+    on = {"device": tiny.DEVICE, "dtype": tiny.DTYPE}  # as ComfyUI's apply_model passes them (timestep float32)
+    x = torch.randn(2, *shape[1:], generator=g).to(**on)
+    t = (torch.tensor([[0.7, 0.2], [0.5, 0.9]]) if per_frame else torch.full((2,), 0.7)).to(tiny.DEVICE)
+    context, y = torch.randn(2, 6, tiny.CTX, generator=g).to(**on), torch.randn(2, tiny.POOLED, generator=g).to(**on)
     with torch.no_grad():
         plain = dm(x, t, context, y=y)
         options = dict(ras.model_options["transformer_options"])

@@ -19,9 +19,14 @@ needs_comfy = requires_comfy()
 KINDS = ("flux", "sd3", "wan")
 
 
-@pytest.fixture(scope="module")
-def comfy_results() -> dict:
-    return run_comfy_script("comfy_native_magcache.py")
+# float32, and bf16 as users run these models: exact equalities hold in both; sums compared across different
+# call orders agree to float32 rounding (1e-5) or to bf16's 8-bit mantissa (2e-2 relative)
+TOL = {"fp32": 1e-5, "bf16": 2e-2}
+
+
+@pytest.fixture(scope="module", params=list(TOL))
+def comfy_results(request) -> dict:
+    return {**run_comfy_script("comfy_native_magcache.py", dtype=request.param), "tol": TOL[request.param]}
 
 
 @needs_comfy
@@ -40,8 +45,8 @@ def test_skipped_steps_run_no_blocks_and_reuse_the_cached_residual(comfy_results
     skipped_steps = sorted({s for _b, s, d in r["skip_decisions"] if d})
     assert skipped_steps == [1, 2, 4, 5]  # retention 1 step, K = 2, flat curve under the threshold
     assert r["skip_block_calls"] == r["skip_expected_block_calls"] == 2 * r["n_blocks"]
-    # skipped output - last computed output == stack input - its stack input, per branch (1e-5: float32 sums)
-    assert r["skip_reuse_checked"] == 8 and r["skip_reuse_err"] < 1e-5
+    # skipped output - last computed output == stack input - its stack input, per branch (to rounding)
+    assert r["skip_reuse_checked"] == 8 and r["skip_reuse_err"] < comfy_results["tol"]
     assert r["skip_finite"] and r["skip_rel_err"] < 0.5  # random weights change a lot between steps
     assert r["rerun_max_abs_diff"] == 0.0  # per-run state is fresh: a second run is identical
 
@@ -52,7 +57,7 @@ def test_one_branch_skipping_runs_only_the_other_branch_rows(comfy_results, kind
     r = comfy_results[kind]
     assert {(b, s) for b, s, d in r["split_decisions"] if d} == {(1, 1), (1, 2), (1, 4), (1, 5)}
     assert r["split_block_batches"] == [1, 2]  # cond alone on uncond's skipped steps, both otherwise
-    assert r["split_reuse_checked"] == 4 and r["split_reuse_err"] < 1e-5
+    assert r["split_reuse_checked"] == 4 and r["split_reuse_err"] < comfy_results["tol"]
     assert r["split_rel_err"] < 0.5
 
 
@@ -62,7 +67,8 @@ def test_calibration_through_block_patches(comfy_results, kind):
     r = comfy_results[kind]
     assert r["cal_max_abs_diff_vs_plain"] == 0.0  # recording never changes the output
     assert r["cal_branches"] == [0, 1]
-    assert r["cal_ratio_max_diff_vs_hooks"] < 1e-5  # ratios match residuals measured independently by hooks
+    # ratios match residuals measured independently by hooks
+    assert r["cal_ratio_max_diff_vs_hooks"] < comfy_results["tol"]
     assert r["calibrated_block_calls"] < r["plain_block_calls"] and r["calibrated_rel_err"] < 0.5
     # the calibrate node (ComfyUI path) records the same ratios, tied to these weights, and its file applies
     assert r["node_cal_ratio_max_diff"] < 1e-6 and r["node_cal_fingerprint_ok"]
