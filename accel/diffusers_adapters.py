@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 from .adapter import TransformerParts, UnsupportedModel
 from .diffusers_ras import WanRoutedProcessor, routed_run_block
@@ -69,6 +70,10 @@ class BlockCond:
         if "rotary_cos" in self.batch:
             return self.batch["rotary_cos"], self.batch["rotary_sin"]
         return self.shared.get("rotary")
+
+
+pytree.register_pytree_node(BlockCond, lambda c: ((c.batch, c.shared), None),
+                            lambda children, _context: BlockCond(*children))  # RAS's CUDA graph copies its tensors
 
 
 def context_tensor(context: Context, key: str, model: str, required: bool = True) -> torch.Tensor | None:

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from ..samplers.denoiser import DiffusionModel
 from .adapter import TransformerParts, UnsupportedModel, transformer_parts
 from .kv_cache import KVCache, cached_attention, gather_tokens, scatter_tokens
+from .ras_graph import SparseGraph
 from .ras_select import Patch, RASConfig, drop_count, pixel_mask, select_tokens, step_index, token_grid
 from .stacking import BlockStackWrapper, add_block_stack_wrapper, check_one_sigma, partner_settings
 
@@ -71,6 +72,7 @@ class BranchState:
     prev_out: torch.Tensor | None = None     # last model output (B, C, H, W), merged
     prev_tokens: torch.Tensor | None = None  # last block-stack output (B, N, D), all tokens
     caches: list = field(default_factory=list)  # per block KVCache of (B, heads, N, head_dim), filled in place
+    graph: SparseGraph = field(default_factory=SparseGraph)  # the sparse pass as a CUDA graph (cfg.cuda_graph)
 
 
 def ras_parts(diffusion_model: torch.nn.Module) -> TransformerParts:
@@ -191,7 +193,11 @@ class RASRunner:
             st.selected = self.step
         index = stack_index(st.active, tokens.shape[1], st.drops.shape[1])
         if every:  # the whole batch: work on the caches in place
-            h = sparse_blocks(self.parts, tokens, c, st.caches, index)
+            if self.cfg.cuda_graph:
+                caches = st.caches
+                h = st.graph.run(lambda t, c_, i: sparse_blocks(self.parts, t, c_, caches, i), tokens, c, index)
+            else:
+                h = sparse_blocks(self.parts, tokens, c, st.caches, index)
             self.sparse_rows = rows
             return scatter_tokens(st.prev_tokens.to(h.dtype), index, h)
         active = index[rows]
