@@ -421,3 +421,80 @@ def test_references_tell_the_noise_intervals_apart():
     noise = SmoothNoise((3, 5))
     assert (noise(0.8, 0.6) - noise(0.8, 0.7)).abs().max() > 0.05
     assert (noise(0.8, 0.6) - noise(0.6, 0.8)).abs().max() > 0.05
+
+
+# ---- SA-Solver -----------------------------------------------------------------------------------------------------
+
+def sa_weights(nodes: list[float], lam_s: float, lam_t: float, tau: float) -> list[float]:
+    """w_j = c int_(lam_s)^(lam_t) e^(-c (lam_t - lam)) l_j(lam) d lam, c = 1 + tau^2, l_j the Lagrange basis on
+    ``nodes``; by 24-point Gauss-Legendre quadrature (exact to rounding for these smooth integrands)."""
+    import numpy as np
+
+    c = 1 + tau * tau
+    u, w = np.polynomial.legendre.leggauss(24)
+    lam = (lam_s + lam_t) / 2 + (lam_t - lam_s) / 2 * u
+    weight = (lam_t - lam_s) / 2 * w * c * np.exp(-c * (lam_t - lam))
+    out = []
+    for j, node in enumerate(nodes):
+        basis = np.prod([(lam - other) / (node - other) for k, other in enumerate(nodes) if k != j], axis=0)
+        out.append(float(np.sum(weight * basis)))
+    return out
+
+
+def sa_solver_reference(case: Case, tau_of, pece: bool) -> torch.Tensor:
+    """SA-Solver (Xue et al. 2023), VE view: a step from level s to t with x0 estimates D_j at half-logSNRs lam_j is
+    x_t = (t / s) e^(-tau^2 h) x_s + sum_j w_j D_j + t sqrt(1 - e^(-2 tau^2 h)) z, tau = tau(sigma_next).
+    Predictor: the newest min(3, known) estimates; once the estimate at t exists the step is redone (corrector) with
+    the newest min(4, known) ones including it and the same noise; PECE evaluates the corrected state again. Towards
+    a final sigma of 0 the orders drop to the steps left (predictor: steps left - 1)."""
+    lv = case.levels()
+    steps, to_zero = len(lv) - 1, lv[-1] == 0
+    lams = [-math.log(v) if v > 0 else math.inf for v in lv]
+    x = x_pred = case.x / case.alpha(float(case.sigmas[0]))
+    history: list[torch.Tensor] = []
+    tau, noise = 0.0, None
+
+    def step(x_s, i_s, i_t, k, tau):
+        """From grid point i_s to i_t with the newest k estimates (the newest is at len(history) - 1)."""
+        h = lams[i_t] - lams[i_s]
+        newest = len(history) - 1
+        weights = sa_weights(lams[newest - k + 1:newest + 1], lams[i_s], lams[i_t], tau)
+        out = (lv[i_t] / lv[i_s]) * math.exp(-tau * tau * h) * x_s
+        return out + sum(w * d for w, d in zip(weights, history[-k:], strict=True))
+
+    for i in range(steps):
+        d = case.ve_model(x_pred, lv[i])
+        history.append(d)
+        k_corr = 0 if i == 0 or (lv[i + 1] == 0 and not pece) else min(4, len(history))
+        k_pred = min(3, len(history))
+        if to_zero:
+            k_corr, k_pred = min(k_corr, steps - i), min(k_pred, steps - 1 - i)
+        if k_corr:
+            x = step(x, i - 1, i, k_corr, tau) + (noise if noise is not None else 0)
+            if pece:
+                history[-1] = case.ve_model(x, lv[i])
+        else:
+            x = x_pred
+        if lv[i + 1] == 0:
+            return history[-1]
+        tau = tau_of(case.sigma_of(lv[i + 1]))
+        noise = None
+        if tau > 0:
+            h = lams[i + 1] - lams[i]
+            noise = lv[i + 1] * math.sqrt(1 - math.exp(-2 * tau * tau * h)) * case.ve_noise(lv[i], lv[i + 1])
+        x_pred = step(x, i, i + 1, k_pred, tau) + (noise if noise is not None else 0)
+    return case.from_ve(x_pred)
+
+
+@pytest.mark.parametrize("kind, to_zero", cases())
+@pytest.mark.parametrize("name", ["sa_solver", "sa_solver_pece"])
+def test_sa_solver_matches_the_reference(name, kind, to_zero):
+    """tau varies with sigma (so the step's tau must be the one at sigma_next), and is 0 on the last interval."""
+    case = Case(kind, to_zero)
+    top = float(case.sigmas[0])
+
+    def tau_of(sigma: float) -> float:
+        return 0.0 if float(sigma) < 0.1 else 0.4 + 0.8 * float(sigma) / top
+
+    ours = case.run(name, tau_func=tau_of)
+    close(ours, sa_solver_reference(case, tau_of, name.endswith("pece")))
