@@ -1,4 +1,10 @@
-"""CFG++ samplers, RES multistep ancestral, gradient estimation and cfg_denoiser's post-CFG hook."""
+"""CFG++ samplers, RES multistep ancestral, gradient estimation and cfg_denoiser's post-CFG hook.
+
+Oracles here: the plain samplers where CFG++ must reduce to them (cfg 0, equal prompts), plain Euler CFG with the
+equivalent step-dependent scale, the exact Gaussian ODE (convergence), the data distribution, and the flow <-> VE
+equivalence. With guided != unguided estimates every step formula (2M, 2S, RES, gradient estimation corrections)
+is checked against the paper's / ComfyUI's formulas, written by hand, in tests/test_step_formulas.py.
+"""
 
 from __future__ import annotations
 
