@@ -19,8 +19,8 @@ interval gives other values.
 
 Tolerance: float64 with O(1) values and a few hundred operations per run, rounding is ~1e-14 (the flow <-> VE
 conversions add a few ulps to the sigmas, which the smooth noise turns into ~1e-15 changes); ATOL = 1e-10 leaves
-four orders of magnitude to that and is far below what a one-term mistake changes (>= 1e-4 here, see
-tests/mutations.py).
+four orders of magnitude to that. A one-term mistake changes a step by a fraction of O(1) terms, far above it
+(tests/mutations.py plants such mistakes; these tests catch every one aimed at them).
 """
 
 from __future__ import annotations

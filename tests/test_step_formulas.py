@@ -17,8 +17,8 @@ Oracles:
   exactly (rational arithmetic); iPNDM-v at order 2 is the variable-step Adams-Bashforth-2 rule.
 
 Tolerance: float64 throughout; values are O(1) and runs take a few hundred operations, so rounding stays ~1e-14.
-ATOL = 1e-10 leaves four orders of magnitude to that, and every one-term mistake planted by tests/mutations.py moves
-the result by more than 1e-4.
+ATOL = 1e-10 leaves four orders of magnitude to that; a one-term mistake changes a step by a fraction of O(1) terms,
+far above it (tests/mutations.py plants such mistakes; these tests catch every one aimed at them).
 """
 
 from __future__ import annotations
