@@ -1,3 +1,10 @@
+"""Bottleneck Sampling: stage plans, schedules and hand-over.
+
+Oracles: the base sampler itself (one full-size stage, or stages stopped early at one size with the estimated noise,
+must join into the plain run exactly), average pooling (area resize), the paper's step split, the Gaussian data
+statistics through a resize, and white-noise statistics of the resized noise.
+"""
+
 import json
 import os
 import subprocess

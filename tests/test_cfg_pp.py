@@ -1,4 +1,10 @@
-"""CFG++ samplers, RES multistep ancestral, gradient estimation and cfg_denoiser's post-CFG hook."""
+"""CFG++ samplers, RES multistep ancestral, gradient estimation and cfg_denoiser's post-CFG hook.
+
+Oracles here: the plain samplers where CFG++ must reduce to them (cfg 0, equal prompts), plain Euler CFG with the
+equivalent step-dependent scale, the exact Gaussian ODE (convergence), the data distribution, and the flow <-> VE
+equivalence. With guided != unguided estimates every step formula (2M, 2S, RES, gradient estimation corrections)
+is checked against the paper's / ComfyUI's formulas, written by hand, in tests/test_step_formulas.py.
+"""
 
 from __future__ import annotations
 
@@ -290,4 +296,7 @@ def test_flow_cfg_pp_step_matches_the_equivalent_ve_model(name):
         kw = {"noise_sampler": lambda a, b: torch.ones_like(x)} if "ancestral" in name else {}
         runs.append(run(SAMPLERS[name].fn, denoise, x0, sig, ms, **kw))
     scale = 1 - flow_sig[1] if "ancestral" in name else 1.0
-    torch.testing.assert_close(runs[0], runs[1] * scale, rtol=0, atol=1e-9)
+    # DiffusionModel runs the network in its parameters' dtype (float32 here) with a float32 timestep: each model
+    # output carries a relative rounding of 2^-24 = 6e-8 on values up to ~20 (the VE run's x / 0.2), through two
+    # calls and the rescaling by 0.2: ~1e-6 at most (7e-7 measured). A missing alpha_s moves the result by ~0.1.
+    torch.testing.assert_close(runs[0], runs[1] * scale, rtol=0, atol=1e-5)

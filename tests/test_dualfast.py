@@ -1,3 +1,6 @@
+"""DualFast: coefficient 0 is the base sampler bit for bit; the mixed output against a hand-written Euler update
+and schedule; effect on the exact Gaussian model's error (tests/analytic.py); UniPC's corrector-only scope."""
+
 import pytest
 import torch
 from analytic import GaussianFlow

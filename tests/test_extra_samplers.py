@@ -1,4 +1,9 @@
-"""ER-SDE, SEEDS-2/3, heunpp2 and DPM-2 ancestral: seeds, Brownian paths, sample statistics, ODE limits, flow safety."""
+"""ER-SDE, SEEDS-2/3, heunpp2 and DPM-2 ancestral: seeds, Brownian paths, sample statistics, ODE limits, flow safety.
+
+Oracles here: the data distribution of Gaussian data (exact denoiser), convergence orders against the exact
+probability-flow ODE, and the matching ODE samplers at zero noise. Every step formula, flow and EPS, is checked
+exactly against hand-written references with the same noise in tests/test_sde_reference.py.
+"""
 
 import math
 
@@ -59,8 +64,8 @@ def test_brownian_noise_keeps_runs_at_different_step_counts_close(name):
 def test_samples_have_the_data_mean_and_variance(name, kind):
     """Gaussian data N(0.3, 0.5^2), exact denoiser, 20000 samples, 30 steps: mean within 0.015, variance within 6%
     (measured worst: DPM-2 ancestral on EPS, +3.9%). EPS/V formulas on a flow model move the mean by ~0.2 and the
-    variance by ~+80%, except for ER-SDE (+0.004, +4%: not told apart here; its flow formulas are checked by the
-    noiseless order test below and against ComfyUI)."""
+    variance by ~+80%, except for ER-SDE (+0.004, +4%: not told apart here; its flow formulas are checked exactly
+    in tests/test_sde_reference.py, by the noiseless order test below and against ComfyUI)."""
     denoise, ms, sigmas, x = setup(kind == "flow", 30, 20000, kind)
     out = SAMPLERS[name].fn(denoise, x, sigmas, extra_args={"seed": 9, "model_sampling": ms})
     assert abs(float(out.mean()) - 0.3) < 0.015

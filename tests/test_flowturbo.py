@@ -1,4 +1,9 @@
-"""FlowTurbo: schedule parsing, H = Heun, model-call counts of P and R blocks, refiner files and the node."""
+"""FlowTurbo: schedule parsing, H = Heun, model-call counts of P and R blocks, refiner files and the node.
+
+Oracles here: sample_heun (H blocks), hand-written Heun + reused velocity (P), straight lines for a zero refiner
+(R). The R block with a non-zero refiner (a fixed linear map) is checked step by step in
+tests/test_step_formulas.py.
+"""
 
 from __future__ import annotations
 

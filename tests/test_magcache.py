@@ -306,17 +306,44 @@ def test_resampling_matches_official_nearest_and_torch_linear(src_len, steps):
         assert resample_curve(values, steps, "linear") == pytest.approx(linear.tolist(), rel=1e-6)
 
 
-def test_published_curves_are_the_official_ones():
+def test_published_flux_curve_is_diffusers_one():
     pytest.importorskip("diffusers")
     from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS
 
     flux = published_curve("flux")
     assert flux.steps == 28 and flux.ratios[0] == pytest.approx(FLUX_MAG_RATIOS.tolist())
-    wan = published_curve("wan2.1_t2v_1.3B")
-    assert wan.steps == 50 and set(wan.ratios) == {0, 1} and wan.ratios[0][:2] == (1.0, 1.0124)
-    assert wan.ratios[1][:2] == (1.0, 1.02213) and wan.ratios[1][-1] == 0.81939  # de-interleaved cond/uncond
     with pytest.raises(KeyError, match="available"):
         published_curve("sdxl")
+
+
+# The official Wan 2.1 arrays: Zehong-Ma/MagCache, MagCache4Wan2.1/magcache_generate.py at commit df81cb1 (read
+# through the fetch tool, 2026-12), ``mag_ratios = np.array([1.0]*2 + [...])`` per checkpoint, cond and uncond
+# interleaved. Per curve: steps (half the array), the SHA-256 of the whole array written as
+# " ".join(repr(float(v))), and its first and last measured pairs, transcribed from that file.
+OFFICIAL_WAN = {
+    "wan2.1_t2v_1.3B": (50, "60c8f754ac356b3e2966ca32a12f4206b8e201c64689e78945cf879baaa80438",
+                        (1.0124, 1.02213), (0.81838, 0.81939)),
+    "wan2.1_t2v_14B": (50, "b5b083e010ecb136f5d8acfb894d05664e9c122e2463bb3aa1c547565e3b337e",
+                       (1.02504, 1.03017), (0.86111, 0.86189)),
+    "wan2.1_i2v_480p_14B": (40, "96ac27e6f547bf180bf71266e2a406a44dc09754c7dbea83a12fecc3a216a23a",
+                            (0.98783, 0.98993), (0.92617, 0.92616)),
+    "wan2.1_i2v_720p_14B": (40, "b8df2dca5f87c9c2bab5d963677977805d0b2c78e649209810123d88551c9931",
+                            (0.99428, 0.99498), (0.8679, 0.86768)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_WAN))
+def test_published_wan_curves_are_the_official_magcache_arrays(name):
+    """Our data file stores each Wan curve de-interleaved (branch 0 = cond = even entries); re-interleaved it must be
+    the official array value for value (digest), with the 1.0 pad first."""
+    import hashlib
+
+    steps, digest, first, last = OFFICIAL_WAN[name]
+    curve = published_curve(name)
+    assert curve.steps == steps and set(curve.ratios) == {0, 1}
+    interleaved = [v for pair in zip(curve.ratios[0], curve.ratios[1], strict=True) for v in pair]
+    assert interleaved[:2] == [1.0, 1.0] and tuple(interleaved[2:4]) == first and tuple(interleaved[-2:]) == last
+    assert hashlib.sha256(" ".join(repr(float(v)) for v in interleaved).encode()).hexdigest() == digest
 
 
 def test_nodes_patch_the_builtin_model_and_refuse_foreign_calibrations(setup, tmp_path):

@@ -1,4 +1,8 @@
-"""SA-Solver: weights, the tau = 0 ODE solver (convergence order, diffusers' SASolverScheduler), the SDE's samples."""
+"""SA-Solver: weights, the tau = 0 ODE solver (convergence order, diffusers' SASolverScheduler), the SDE's samples.
+
+The SDE steps (tau > 0, PEC and PECE) are checked exactly against a hand-written reference with the same noise in
+tests/test_sde_reference.py.
+"""
 
 import math
 

@@ -1,4 +1,9 @@
-"""Brownian-tree noise and the ancestral/SDE samplers: determinism, path consistency, distribution, flow safety."""
+"""Brownian-tree noise and the ancestral/SDE samplers: determinism, path consistency, distribution, flow safety.
+
+Oracles here: Brownian statistics, and the data distribution of Gaussian data with an exact denoiser (mean and
+std bands). The exact step formulas of every sampler here (flow and EPS) are checked against hand-written
+references with the same noise in tests/test_sde_reference.py, and against diffusers in test_samplers_oracles.py.
+"""
 
 import math
 
