@@ -10,7 +10,6 @@ normalised step position (official ``nearest_interp``) or, on request, linear in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..samplers.fingerprint import model_id_of, weights_fingerprint  # noqa: F401  (re-exported)
 from .adapter import transformer_parts
 from .magcache import MagCacheSettings, branch_keys, run_blocks, step_index
 
@@ -101,29 +101,6 @@ def published_curve(name: str) -> Calibration:
     c = curves[name]
     return Calibration(model_id=name, steps=c["steps"], ratios={int(b): tuple(v) for b, v in c["ratios"].items()},
                        meta={"defaults": c["defaults"], "source": "published"})
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A short hash of the parameter names, shapes and leading values (cheap even for large models)."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def model_id_of(model) -> str:
-    """Name and weights fingerprint of our DiffusionModel or a ComfyUI ModelPatcher: what a file is tied to."""
-    from ..samplers.denoiser import DiffusionModel
-
-    if isinstance(model, DiffusionModel):
-        return f"{model.name}:{weights_fingerprint(model.diffusion_model)}"
-    inner = getattr(model, "model", None)
-    net = getattr(inner, "diffusion_model", None)
-    if not isinstance(net, torch.nn.Module):
-        raise ValueError(f"cannot identify the weights of a {type(model).__name__}; pass a DiffusionModel or a "
-                         "ComfyUI MODEL")
-    return f"{type(inner).__name__}:{weights_fingerprint(net)}"
 
 
 def resample_curve(values: tuple[float, ...], steps: int, mode: str = "nearest") -> tuple[float, ...]:

@@ -120,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     if args.tiny:
         args.steps, args.steps_wan, args.repeats = 6, 6, 2
+        if args.dtypes == ["bf16", "fp16"] and (args.device or "cpu") == "cpu":
+            args.dtypes = ["bf16"]  # float16 matrix products are emulated (slow) on the CPU
     return args
 
 

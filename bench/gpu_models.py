@@ -125,16 +125,19 @@ def build_network(s: Spec, device: torch.device | str = "cpu", dtype: torch.dtyp
 
 
 def diffusion_model(s: Spec, network: torch.nn.Module):
+    from turbosample.models.builtin import MODEL_ID
     from turbosample.samplers.denoiser import DiffusionModel
     from turbosample.samplers.model_sampling import FlowSampling
 
-    return DiffusionModel(network, FlowSampling(shift=s.shift), name=f"gpu-check-{s.name}")
+    return DiffusionModel(network, FlowSampling(shift=s.shift), name=MODEL_ID if s.cls is None else f"random-{s.name}")
 
 
 def reference_and_device(s: Spec, device: torch.device, dtype: torch.dtype):
     """(CPU float32 model, the same weights on ``device`` in ``dtype``) as DiffusionModels."""
+    from turbosample.samplers.fingerprint import to_precision
+
     ref = build_network(s, "cpu", torch.float32)
-    dev = copy.deepcopy(ref).to(device=device, dtype=dtype)
+    dev = to_precision(copy.deepcopy(ref), device, dtype)  # files made for these weights still apply
     inner = getattr(dev, "transformer", None)
     if inner is not None and dtype != torch.float32:
         keep_fp32(inner)

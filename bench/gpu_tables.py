@@ -69,7 +69,6 @@ def forwards(name, s, model, t: Timer, rec, repeats: int) -> dict:
     """ms per forward: diffusers' own call, our DiffusionModel wrapper, the rebuilt block stack."""
     from turbosample.accel.adapter import transformer_parts
     from turbosample.accel.diffusers_adapters import own_forward
-
     from turbosample.samplers.denoiser import network_placement
 
     net = model.diffusion_model
@@ -128,8 +127,8 @@ def runs(name, s, model, t: Timer, rec, steps: int, step_est_s: float) -> None:
         "ras_0.5": lambda: apply_ras(model, sample_ratio=0.5),
         "ras_0.25": lambda: apply_ras(model, sample_ratio=0.25),
         "ras_0.5_int8": lambda: apply_ras(model, sample_ratio=0.5, kv_cache="int8"),
-        "ras_0.5_cuda_graph": lambda: apply_ras(model, sample_ratio=0.5, cuda_graph=True),
         "magcache+ras_0.5": lambda: apply_ras(mag(model, defaults), sample_ratio=0.5),
+        "ras_0.5_cuda_graph": lambda: apply_ras(model, sample_ratio=0.5, cuda_graph=True),  # last: new on CUDA
     }
     base_wall = None
     for label, make in configs.items():

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..accel.magcache_calibration import weights_fingerprint
+from ..samplers.fingerprint import weights_fingerprint
 from .dit import DiTBlock, FinalLayer, grid_position_embedding, timestep_features
 
 REFINER_ID = "turbosample-flowturbo-refiner-v1"

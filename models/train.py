@@ -157,11 +157,21 @@ def train(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize(device)
 
     timing = {}
-    if args.minutes:
+    if args.minutes or args.compile:
         snapshot = {k: v.clone() for k, v in model.state_dict().items()}
-        timing = time_steps(step, dev, args, sync)
+        try:
+            timing = time_steps(step, dev, args, sync, 20 if args.minutes else 1)
+        except Exception as exc:  # noqa: BLE001 - a compiler that fails here must not cost the run
+            if not args.compile:
+                raise
+            print(json.dumps({"compile_failed": f"{type(exc).__name__}: {str(exc)[:300]}"}), flush=True)
+            args.compile = False
+            model.load_state_dict(snapshot)
+            step = make_step(model, opt, args.autocast if args.autocast is not None else cuda, device)
+            timing = time_steps(step, dev, args, sync, 20 if args.minutes else 1)
         model.load_state_dict(snapshot)  # throw-away steps: start from the initial weights again
         opt.state.clear()
+    if args.minutes:
         timing["setup"] = time.time() - start
         args.steps_low, args.steps_mixed = fit_steps(args, timing)
         print(json.dumps({"timing_s_per_step": {k: round(v, 5) for k, v in timing.items()},

@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..accel.magcache_calibration import model_id_of  # noqa: F401  (the id a saved schedule is tied to)
 from .denoiser import DiffusionModel, cfg_denoiser
+from .fingerprint import model_id_of  # noqa: F401  (the id a saved schedule is tied to)
 from .model_sampling import is_flow
 from .noise import noisy_start, seeded_noise
 from .registry import get_sampler

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from ..accel.magcache_calibration import model_id_of  # noqa: F401  (re-exported for the nodes)
 from .dc_solver import DC_ORDER, NEUTRAL, check_ratios, run_dc, unipc_grid
 from .denoiser import DiffusionModel, cfg_denoiser
+from .fingerprint import model_id_of  # noqa: F401  (re-exported for the nodes)
 from .gits import teacher_trajectory
 from .noise import noisy_start, seeded_noise
 from .sampling_utils import split_extra_args

@@ -15,11 +15,12 @@ Denoiser = Callable[..., torch.Tensor]
 ModelWrapper = Callable[..., torch.Tensor]
 
 
-def network_placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+def network_placement(module: torch.nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
     """Device and compute dtype of a network: the dtype holding most of its floating-point parameters.
 
     (Modules kept in float32 inside a half-precision model, like diffusers' ``_keep_in_fp32_modules``, do not
-    make it a float32 model.)
+    make it a float32 model.) A network without floating-point parameters gives (None, None): inputs pass as they
+    are.
     """
     counts: dict[torch.dtype, int] = {}
     device = None
@@ -28,7 +29,7 @@ def network_placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtyp
             counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
             device = device or p.device
     if device is None:
-        return torch.device("cpu"), torch.float32
+        return None, None
     return device, max(counts, key=counts.get)
 
 
@@ -73,9 +74,13 @@ class DiffusionModel:
         for _key, wrapper in reversed(self.wrappers):
             call = partial(wrapper, call)
         device, dtype = network_placement(self.diffusion_model)
-        out = call(x.to(device=device, dtype=dtype), torch.as_tensor(timestep).to(device=device, dtype=torch.float32),
-                   to_network(context, device, dtype), options if options is not None else {})
-        return out.float()
+        options = options if options is not None else {}
+        if dtype is None:  # no parameters to take a placement from (analytic test models): as given
+            return call(x, timestep, context, options)
+        t_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        out = call(x.to(device=device, dtype=dtype), torch.as_tensor(timestep).to(device=device, dtype=t_dtype),
+                   to_network(context, device, dtype), options)
+        return out.float() if dtype != torch.float64 else out
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                 options: dict | None = None) -> torch.Tensor:

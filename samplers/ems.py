@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from ..accel.magcache_calibration import model_id_of  # noqa: F401  (re-exported for the nodes)
+from .fingerprint import model_id_of  # noqa: F401  (re-exported for the nodes)
 from .model_sampling import is_flow
 from .sampling_utils import MODEL_SAMPLING_KEY, half_log_snr, sigma_of_half_log_snr, signal_scale
 from .validate import check_finite

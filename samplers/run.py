@@ -56,6 +56,7 @@ def sample(model: DiffusionModel, positive: list, negative: list, latent: torch.
         raise ValueError(f"cfg must be a finite number, got {cfg}")
     ms = model.model_sampling
     device, dtype = network_placement(model.diffusion_model)
+    device = device or torch.device("cpu")
     latent = latent.to(device=device, dtype=torch.float32)
     sigmas = sigmas.to(device)
     if add_noise:
