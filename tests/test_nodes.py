@@ -26,6 +26,17 @@ def test_int_input_errors(value, message):
         steps.coerce(value)
 
 
+def test_int_inputs_stay_exact_up_to_the_largest_seed():
+    seed = NODE_BY_ID["TurboSampleSample"].param("seed")
+    for value in (2**53 + 1, 2**64 - 1, str(2**64 - 1), " 9007199254740993 "):
+        assert seed.coerce(value) == int(value) and isinstance(seed.coerce(value), int)
+    assert seed.coerce(7.0) == 7 and seed.coerce("1e3") == 1000
+    with pytest.raises(NodeInputError, match="<= 18446744073709551615, got 18446744073709551616"):
+        seed.coerce(2**64)
+    with pytest.raises(NodeInputError, match="type INT"):
+        seed.coerce(float("inf"))
+
+
 def test_float_input_rejects_nan():
     cfg = NODE_BY_ID["TurboSampleSample"].param("cfg")
     with pytest.raises(NodeInputError, match="finite"):
