@@ -64,7 +64,7 @@ def broken(mutate):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda ui: ui["nodes"][0].update(type="NoSuchNode"), "unknown node type"),
+    (lambda ui: ui["nodes"][0].update(type="NoSuchNode"), r"needs nodes this app does not have: NoSuchNode \(node 1\)"),
     (lambda ui: ui["nodes"][5]["widgets_values"].pop(), "input 'denoise' is missing"),
     (lambda ui: ui["nodes"][5]["widgets_values"].append(3), "takes 3"),
     (lambda ui: ui["nodes"][5]["widgets_values"].__setitem__(1, 0), "steps must be >= 1"),
@@ -93,7 +93,7 @@ def test_malformed_and_foreign_json():
     with pytest.raises(WorkflowError, match="neither a ComfyUI UI workflow"):
         to_api({"hello": "world"})
     foreign = {"3": {"class_type": "KSampler", "inputs": {}}}
-    with pytest.raises(WorkflowError, match="KSampler.*unknown node type"):
+    with pytest.raises(WorkflowError, match="needs nodes this app does not have: KSampler \\(node 3\\)"):
         to_api(foreign)
 
 
@@ -103,3 +103,29 @@ def test_a_graph_of_another_shape_is_refused_for_app_settings():
     api["99"] = extra
     with pytest.raises(WorkflowError, match="not the app's text-to-image graph"):
         settings_from_api(api)
+
+
+def stock_comfyui_workflow() -> dict:
+    """ComfyUI's default text-to-image graph in UI format (checkpoint, two prompts, KSampler, VAE decode, save)."""
+    nodes = [(4, "CheckpointLoaderSimple", [], ["v1-5-pruned-emaonly.safetensors"]),
+             (6, "CLIPTextEncode", [("clip", 3)], ["a photo of a cat"]), (7, "CLIPTextEncode", [("clip", 5)], ["bad"]),
+             (5, "EmptyLatentImage", [], [512, 512, 1]),
+             (3, "KSampler", [("model", 1), ("positive", 4), ("negative", 6), ("latent_image", 2)],
+              [156680208700286, "randomize", 20, 8, "euler", "normal", 1]),
+             (8, "VAEDecode", [("samples", 7), ("vae", 8)], []), (9, "SaveImage", [("images", 9)], ["ComfyUI"])]
+    links = [[1, 4, 0, 3, 0, "MODEL"], [2, 5, 0, 3, 3, "LATENT"], [3, 4, 1, 6, 0, "CLIP"], [4, 6, 0, 3, 1,
+             "CONDITIONING"], [5, 4, 1, 7, 0, "CLIP"], [6, 7, 0, 3, 2, "CONDITIONING"], [7, 3, 0, 8, 0, "LATENT"],
+             [8, 4, 2, 8, 1, "VAE"], [9, 8, 0, 9, 0, "IMAGE"]]
+    return {"last_node_id": 9, "last_link_id": 9, "links": links, "version": 0.4, "nodes": [
+        {"id": nid, "type": t, "mode": 0, "widgets_values": w,
+         "inputs": [{"name": n, "type": "*", "link": lk} for n, lk in ins]} for nid, t, ins, w in nodes]}
+
+
+def test_a_stock_comfyui_workflow_is_refused_for_the_nodes_it_needs_and_nothing_else():
+    with pytest.raises(WorkflowError) as err:
+        to_api(stock_comfyui_workflow())
+    message = str(err.value)
+    assert message.startswith("this workflow needs nodes this app does not have: CLIPTextEncode (node 6, 7), "
+                              "CheckpointLoaderSimple (node 4), EmptyLatentImage (node 5), KSampler (node 3), "
+                              "VAEDecode (node 8).")
+    assert "SaveImage" not in message and "missing" not in message  # the app has SaveImage; node 9's link is fine
