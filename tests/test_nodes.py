@@ -86,6 +86,24 @@ def test_schedule_plot_draws_each_schedule_and_rejects_bad_sigmas():
             plot_sigmas({"bad": bad})
 
 
+def test_schedule_plot_labels_sit_in_the_margins_below_the_title():
+    import numpy as np
+    import torch
+    from PIL import ImageDraw
+
+    from turbosample.nodes.schedule_plot import MARGIN, TITLE, chart_font, plot_sigmas
+
+    arr = np.asarray(plot_sigmas({"a": torch.linspace(14.6, 0, 9)}).convert("L"))
+    left, top, _right, _bottom = MARGIN
+    ink = arr < 128
+    assert ink[:top - 4, :left + 60].sum() == 0  # top-left corner (where a UI label sits) stays blank
+    assert ink[top - 8:top + 8, :left - 4].any()  # the largest sigma's tick label, beside the plot's top edge
+    assert ink[:top - 4].any()  # the title above the plot
+    font = chart_font()
+    draw = ImageDraw.Draw(plot_sigmas({"a": torch.linspace(1, 0, 3)}))
+    assert draw.textlength(" ", font=font) >= 3 and draw.textlength(TITLE, font=font) > 90  # spaces that show
+
+
 def test_flow_shift_scheduler_node_matches_the_flow_shift_functions_and_flux_rule():
     import pytest
     import torch
