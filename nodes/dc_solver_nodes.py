@@ -25,10 +25,9 @@ from ..samplers.dc_calibration import (
 from ..samplers.dc_solver import sample_dc_solver
 from ..samplers.registry import SamplerInfo
 from ..samplers.schedulers import SCHEDULERS, compute_sigmas
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 from .user_files import output_path, user_dir
-
-CATEGORY = "TurboSample/accelerators"
 
 
 def calibration_dir() -> Path:
@@ -135,7 +134,7 @@ def comfy_dc_solver_sampler(model, calibration: str, cfg: float) -> tuple:
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleDCSolverCalibrate", "TurboSample DC-Solver Calibrate", CATEGORY,
+    NodeSpec("TurboSampleDCSolverCalibrate", "TurboSample DC-Solver Calibrate", categories.CALIBRATION,
              "DC-Solver (Zhao et al., ECCV 2024): finds one dynamic-compensation ratio per step for UniPC on this "
              "model, prompt, CFG and schedule by matching a 200-step reference trajectory of `samples` noises "
              "(about samples x (200 + 20 x steps) model calls, once). Writes JSON; returns its path.",
@@ -150,7 +149,7 @@ NODES: tuple[NodeSpec, ...] = (
               Param("filename", "STRING", "", tooltip="File name in the calibration folder; empty = derived from the "
                                                       "settings.")),
              (Output("calibration", "STRING"),), dc_calibrate, comfy_fn=comfy_dc_calibrate, output_node=True),
-    NodeSpec("TurboSampleDCSolverSampler", "TurboSample DC-Solver", CATEGORY,
+    NodeSpec("TurboSampleDCSolverSampler", "TurboSample DC-Solver", categories.SAMPLERS,
              "DC-Solver sampler: UniPC (one model call per step) with the compensation ratios of a DC-Solver "
              "Calibrate file; the run must use the model, step count and sigmas it was calibrated for. A CPR file "
              "(samplers/dc_calibration.py save_cpr) predicts ratios for any step count at the given cfg.",

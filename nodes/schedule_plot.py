@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
@@ -69,7 +70,7 @@ def schedule_image(sigmas: torch.Tensor) -> tuple:
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleSchedulePlot", "TurboSample Schedule Plot", "TurboSample",
+    NodeSpec("TurboSampleSchedulePlot", "TurboSample Schedule Plot", categories.SCHEDULERS,
              "Draws a SIGMAS schedule (sigma against step) as an IMAGE; connect it to Preview Image.",
              (Param("sigmas", "SIGMAS"),), (Output("IMAGE", "IMAGE"),), schedule_image),
 )

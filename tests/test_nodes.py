@@ -18,6 +18,19 @@ def test_node_ids_are_prefixed_and_unique():
                 assert p.default in p.options()
 
 
+def test_nodes_sit_in_one_category_tree():
+    from turbosample.nodes import categories
+
+    used = {spec.category for spec in NODES}
+    assert used == set(categories.ALL)  # every branch used, nothing at the root or beside the tree
+    assert all(c.startswith("TurboSample/") and c.count("/") == 1 for c in used)
+    by_id = {spec.node_id: spec.category for spec in NODES}
+    assert by_id["TurboSampleMagCache"] == by_id["TurboSampleRAS"] == categories.ACCELERATORS
+    assert by_id["TurboSampleDPMSolverV3Sampler"] == by_id["TurboSampleDualFastSampler"] == categories.SAMPLERS
+    assert by_id["TurboSampleGITSScheduler"] == by_id["TurboSampleScheduler"] == categories.SCHEDULERS
+    assert by_id["TurboSampleMagCacheCalibrate"] == by_id["TurboSampleDPMSolverV3EMS"] == categories.CALIBRATION
+
+
 @pytest.mark.parametrize("value, message", [
     (0, ">= 1"), (1001, "<= 1000"), (2.5, "type INT"), ("x", "type INT"), (True, "type INT")])
 def test_int_input_errors(value, message):
