@@ -48,14 +48,14 @@ LOOP_ACCELERATORS = tuple(SAMPLER_NODES)
 # caches their output while inputs stay the same); one sample keeps that to ~200 + 20 x steps (DC) or 3 x 32
 # (EMS) extra model calls.
 SAMPLER_PREP = {
-    "dc_solver": ("dc_calibrate", "TurboSampleDCSolverCalibrate", (420, 1080),
-                  {"seed": "seed", "cfg": "cfg", "steps": "steps", "scheduler": "scheduler"}, {"samples": 1},
-                  "calibration"),
+    "dc_solver": ("dc_calibrate", "TurboSampleDCSolverCalibrate", (420, 1080), {"seed": "seed", "cfg": "cfg"},
+                  {"samples": 1}, "calibration"),
     "dpm_solver_v3": ("ems", "TurboSampleDPMSolverV3EMS", (420, 1080), {"seed": "seed", "cfg": "cfg"},
                       {"batch": 1, "grid_points": 32}, "ems"),
 }
 PREP_EDGES = (("positive", 0, "prep", "positive"), ("negative", 0, "prep", "negative"),
               ("latent", 0, "prep", "latent_image"), ("model", 0, "prep", "model"))
+PREP_SIGMAS = ("dc_solver",)  # calibrated for the run's own SIGMAS (steps and schedule come from them)
 # How the SIGMAS are made: a schedule shape, or a GITS search on the model (then the shape and denoise are unused)
 SIGMAS_NODES = {
     "schedule": ("TurboSampleScheduler", {"scheduler": "scheduler", "steps": "steps", "denoise": "denoise"}),
@@ -108,6 +108,7 @@ def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
         pkey, ptype, ppos, pmap, fixed, feeds = SAMPLER_PREP[loop]
         nodes.append((pkey, ptype, ppos, pmap, fixed))
         extra += tuple((src, slot, pkey, name) for src, slot, _prep, name in PREP_EDGES)
+        extra += (("sigmas", 0, pkey, "sigmas"),) if loop in PREP_SIGMAS else ()
         extra += ((pkey, 0, "sampler", feeds),)
     extra += GITS_EDGES if values["sigmas_from"] in ("gits", "ays_opt") else ()  # both read prompt and latent
     edges += [((model_end if src == "model" else src), slot, dst, name) for src, slot, dst, name in EDGES + extra]

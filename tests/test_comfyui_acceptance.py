@@ -243,7 +243,7 @@ def run_learn_then_sample(comfy, prep: dict, sampler: dict) -> None:
 def test_dc_solver_calibrates_inside_comfyui_and_its_sampler_runs_on_the_file(comfy):
     run_learn_then_sample(
         comfy, {"class_type": "TurboSampleDCSolverCalibrate", "inputs": {
-            "seed": 3, "cfg": 4.0, "steps": 5, "scheduler": "simple", "samples": 1, "filename": "acceptance_dc.json"}},
+            "sigmas": ["6", 0], "seed": 3, "cfg": 4.0, "samples": 1, "filename": "acceptance_dc.json"}},
         {"class_type": "TurboSampleDCSolverSampler", "inputs": {"calibration": ["10", 0], "cfg": 4.0}})
     written = list(comfy[1].rglob("acceptance_dc.json"))
     assert written and len(json.loads(written[0].read_text())["ratios"]) == 5
