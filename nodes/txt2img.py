@@ -8,28 +8,31 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from .layout import Shape, node_size, place_columns
 from .registry import NODE_BY_ID
 from .workflow import CORE_SINKS, WorkflowError, check_api
 
-# (node key, class_type, UI position, {setting: widget input}); widgets not mapped keep their declared default
+# (node key, class_type, UI column, {setting: widget input}); widgets not mapped keep their declared default. The UI
+# layout stacks each column's nodes top-down in graph order (nodes/layout.py): inputs, model patches and sigmas,
+# sampler, sampling and output.
 BASE_GRAPH = (
-    ("model", "TurboSampleBuiltinModelLoader", (40, 60), {"flow_shift": "flow_shift"}),
-    ("positive", "TurboSampleBuiltinTextEncode", (40, 200), {"prompt": "text"}),
-    ("negative", "TurboSampleBuiltinTextEncode", (40, 420), {"negative_prompt": "text"}),
-    ("latent", "TurboSampleEmptyLatent", (40, 640), {"width": "width", "height": "height",
-                                                     "batch_size": "batch_size"}),
-    ("sampler", "TurboSampleSamplerSelect", (420, 60), {"sampler": "sampler_name"}),
-    ("sigmas", "TurboSampleScheduler", (420, 200), {"scheduler": "scheduler", "steps": "steps",
-                                                    "denoise": "denoise"}),
-    ("sample", "TurboSampleSample", (800, 60), {"seed": "seed", "cfg": "cfg"}),
-    ("decode", "TurboSampleDecode", (1180, 60), {}),
-    ("save", "SaveImage", (1420, 60), {"filename_prefix": "filename_prefix"}),
+    ("model", "TurboSampleBuiltinModelLoader", 0, {"flow_shift": "flow_shift"}),
+    ("positive", "TurboSampleBuiltinTextEncode", 0, {"prompt": "text"}),
+    ("negative", "TurboSampleBuiltinTextEncode", 0, {"negative_prompt": "text"}),
+    ("latent", "TurboSampleEmptyLatent", 0, {"width": "width", "height": "height", "batch_size": "batch_size"}),
+    ("sampler", "TurboSampleSamplerSelect", 2, {"sampler": "sampler_name"}),
+    ("sigmas", "TurboSampleScheduler", 1, {"scheduler": "scheduler", "steps": "steps", "denoise": "denoise"}),
+    ("sample", "TurboSampleSample", 3, {"seed": "seed", "cfg": "cfg"}),
+    ("decode", "TurboSampleDecode", 3, {}),
+    ("save", "SaveImage", 3, {"filename_prefix": "filename_prefix"}),
 )
+# Node titles where the class name alone does not tell two nodes apart
+TITLES = {"positive": "Positive prompt", "negative": "Negative prompt"}
 # Model patches chained between the loader and the model's users, in this order, when their setting enables them
 MODEL_PATCHES = (
-    ("attention", "TurboSampleAttentionBackend", (420, 860), {"attention": "backend"}, {}),
-    ("magcache", "TurboSampleMagCache", (420, 420), {"magcache_threshold": "threshold"}, {"resample": "nearest"}),
-    ("ras", "TurboSampleRAS", (420, 640), {"ras_ratio": "sample_ratio"}, {}),
+    ("attention", "TurboSampleAttentionBackend", 1, {"attention": "backend"}, {}),
+    ("magcache", "TurboSampleMagCache", 1, {"magcache_threshold": "threshold"}, {"resample": "nearest"}),
+    ("ras", "TurboSampleRAS", 1, {"ras_ratio": "sample_ratio"}, {}),
 )
 # Loop accelerators replace the sampler node: name -> (class_type, {setting: widget input})
 SAMPLER_NODES = {
@@ -43,14 +46,14 @@ SAMPLER_NODES = {
     "dpm_solver_v3": ("TurboSampleDPMSolverV3Sampler", {}),
 }
 LOOP_ACCELERATORS = tuple(SAMPLER_NODES)
-# Samplers that learn from the model first: name -> (node key, class_type, UI position, {setting: widget input},
+# Samplers that learn from the model first: name -> (node key, class_type, UI column, {setting: widget input},
 # fixed widget values, sampler input fed by the preparation node's output). They run on every generation (ComfyUI
 # caches their output while inputs stay the same); one sample keeps that to ~200 + 20 x steps (DC) or 3 x 32
 # (EMS) extra model calls.
 SAMPLER_PREP = {
-    "dc_solver": ("dc_calibrate", "TurboSampleDCSolverCalibrate", (420, 1080), {"seed": "seed", "cfg": "cfg"},
+    "dc_solver": ("dc_calibrate", "TurboSampleDCSolverCalibrate", 2, {"seed": "seed", "cfg": "cfg"},
                   {"samples": 1}, "calibration"),
-    "dpm_solver_v3": ("ems", "TurboSampleDPMSolverV3EMS", (420, 1080), {"seed": "seed", "cfg": "cfg"},
+    "dpm_solver_v3": ("ems", "TurboSampleDPMSolverV3EMS", 2, {"seed": "seed", "cfg": "cfg"},
                       {"batch": 1, "grid_points": 32}, "ems"),
 }
 PREP_EDGES = (("positive", 0, "prep", "positive"), ("negative", 0, "prep", "negative"),
@@ -80,7 +83,7 @@ def patch_enabled(key: str, values: dict) -> bool:
 
 
 def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
-    """Nodes (key, class_type, pos, mapping, fixed widget values) and edges of the graph for these settings."""
+    """Nodes (key, class_type, UI column, mapping, fixed widget values) and edges of the graph for these settings."""
     values = settings.to_dict()
     if values["sigmas_from"] not in SIGMAS_NODES:
         raise WorkflowError(f"unknown sigmas source {values['sigmas_from']!r}; choose one of {', '.join(SIGMAS_NODES)}")
@@ -175,7 +178,8 @@ def to_api_prompt(settings: Settings) -> dict:
         inputs = {p.name: p.default for p in spec.widgets}
         inputs.update(fixed)
         inputs.update({name: values[setting] for setting, name in mapping.items()})
-        api[ids[key]] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": spec.display_name}}
+        api[ids[key]] = {"class_type": class_type, "inputs": inputs,
+                         "_meta": {"title": TITLES.get(key, spec.display_name)}}
     for src, slot, dst, name in edges:
         api[ids[dst]]["inputs"][name] = [ids[src], slot]
     return check_api(api)
@@ -186,11 +190,31 @@ def ui_inputs(spec, linked_widgets: list[str]) -> list[str]:
     return [p.name for p in spec.sockets] + [p.name for p in spec.widgets if p.name in linked_widgets]
 
 
+def ui_shape(spec, title: str) -> Shape:
+    """What the frontend draws for one of our nodes (a seed widget brings its control_after_generate row)."""
+    widgets: list[tuple[str, bool]] = []
+    for p in spec.widgets:
+        widgets.append((p.name, p.multiline))
+        if p.seed:
+            widgets.append(("control_after_generate", False))
+    return Shape(title, tuple(p.name for p in spec.sockets), tuple(o.name for o in spec.outputs), tuple(widgets))
+
+
+def ui_layout(nodes_: list[tuple]) -> dict[str, tuple[list[int], list[int]]]:
+    """key -> (pos, size): the graph's columns stacked top-down, each node at least as large as the frontend draws."""
+    columns: list[list] = [[] for _ in range(1 + max(column for _k, _c, column, *_rest in nodes_))]
+    for key, class_type, column, *_rest in nodes_:
+        columns[column].append((key, node_size(ui_shape(_spec(class_type), TITLES.get(key, "")
+                                                        or _spec(class_type).display_name))))
+    return place_columns(columns)
+
+
 def to_ui_workflow(settings: Settings) -> dict:
     """The UI-format (v0.4) workflow that ComfyUI opens by drag and drop."""
     api = to_api_prompt(settings)
     nodes_, edges = graph(settings)
     ids = node_ids(nodes_)
+    placed = ui_layout(nodes_)
     links, out_links = [], {}
     linked_widgets: dict[str, list[str]] = {}
     for _src, _slot, dst, name in edges:
@@ -203,16 +227,18 @@ def to_ui_workflow(settings: Settings) -> dict:
         out_links.setdefault((ids[src], slot), []).append(n)
     link_to = {(str(lk[3]), lk[4]): lk[0] for lk in links}
     nodes = []
-    for order, (key, class_type, pos, _mapping, _fixed) in enumerate(nodes_):
+    for order, (key, class_type, _column, _mapping, _fixed) in enumerate(nodes_):
         nid, spec = ids[key], _spec(class_type)
         widgets = []
         for p in spec.widgets:
-            widgets.append(api[nid]["inputs"][p.name])
+            value = api[nid]["inputs"][p.name]
+            widgets.append(p.default if isinstance(value, list) else value)  # a linked widget keeps a plain value
             if p.seed:
                 widgets.append("fixed")
+        pos, size = placed[key]
         nodes.append({
-            "id": int(nid), "type": class_type, "pos": list(pos), "size": [320, 120 + 26 * len(spec.widgets)],
-            "flags": {}, "order": order, "mode": 0,
+            "id": int(nid), "type": class_type, "pos": pos, "size": size, "flags": {}, "order": order, "mode": 0,
+            **({"title": TITLES[key]} if key in TITLES else {}),
             "inputs": [{"name": p.name, "type": p.type, "link": link_to.get((nid, i)),
                         **({"widget": {"name": p.name}} if p.is_widget else {})}
                        for i, p in enumerate(spec.param(n) for n in ui_inputs(spec, linked_widgets.get(nid, [])))],

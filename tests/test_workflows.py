@@ -43,6 +43,41 @@ def test_shipped_workflow_matches_node_declarations(path):
     assert strip_meta(check_api(api_copy)) == strip_meta(api)
 
 
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_shipped_layout_has_no_overlap_fits_one_view_and_sizes_cover_the_frontend_estimate(path):
+    from turbosample.nodes.layout import layout_problems, node_size
+    from turbosample.nodes.txt2img import ui_shape
+
+    ui = json.loads(path.read_text())
+    specs = known_specs()
+    placed = {f"{n['id']} {n.get('title', n['type'])}": (n["pos"], n["size"]) for n in ui["nodes"]}
+    assert layout_problems(placed) == []
+    for n in ui["nodes"]:
+        need = node_size(ui_shape(specs[n["type"]], n.get("title") or specs[n["type"]].display_name))
+        assert n["size"][0] >= need[0] and n["size"][1] >= need[1], (n["type"], n["size"], need)
+
+
+def test_layout_problems_are_found():
+    from turbosample.nodes.layout import layout_problems
+
+    assert layout_problems({"a": ([10, 40], [100, 100]), "b": ([60, 100], [100, 50])}) == ["a overlaps b"]
+    assert layout_problems({"a": ([10, 40], [100, 100]), "b": ([10, 170], [100, 50])}) == []  # titles clear
+    assert layout_problems({"a": ([10, 40], [100, 100]), "b": ([10, 160], [100, 50])}) == ["a overlaps b"]
+    assert "leaves the 1536 x 922 view" in layout_problems({"a": ([1500, 40], [100, 100])})[0]
+
+
+def test_positive_and_negative_prompts_have_their_own_titles_and_linked_widgets_keep_plain_values():
+    for name in ("builtin_txt2img", "builtin_dc_solver", "builtin_dpm_solver_v3"):
+        ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+        titles = [n.get("title") for n in ui["nodes"] if n["type"] == "TurboSampleBuiltinTextEncode"]
+        assert titles == ["Positive prompt", "Negative prompt"]
+        for n in ui["nodes"]:
+            assert not any(isinstance(v, list) for v in n["widgets_values"]), (name, n["type"], n["widgets_values"])
+        api = json.loads((API_DIR / f"{name}.json").read_text())
+        assert sorted(n["_meta"]["title"] for n in api.values() if n["class_type"] == "TurboSampleBuiltinTextEncode") \
+            == ["Negative prompt", "Positive prompt"]
+
+
 def test_shipped_files_are_current():
     for name, settings in SHIPPED.items():
         assert json.loads((WORKFLOWS / f"{name}.json").read_text()) == to_ui_workflow(settings)
