@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .layout import Shape, node_size, place_columns
+from .graph_json import GraphNode, api_prompt, ui_workflow
 from .registry import NODE_BY_ID
 from .workflow import CORE_SINKS, WorkflowError, check_api
 
@@ -164,92 +164,27 @@ class Settings:
         return cls(**values)
 
 
-def node_ids(nodes: list[tuple]) -> dict[str, str]:
-    return {key: str(i + 1) for i, (key, *_rest) in enumerate(nodes)}
+def graph_nodes(settings: Settings) -> tuple[list[GraphNode], list[tuple]]:
+    """The graph as GraphNodes (widget values from the settings) and edges."""
+    nodes, edges = graph(settings)
+    values = settings.to_dict()
+    return [GraphNode(key, class_type, column, {**fixed, **{name: values[s] for s, name in mapping.items()}},
+                      TITLES.get(key, "")) for key, class_type, column, mapping, fixed in nodes], edges
+
+
+def specs() -> dict:
+    return {**NODE_BY_ID, **CORE_SINKS}
 
 
 def to_api_prompt(settings: Settings) -> dict:
     """The API-format prompt of the graph; raises WorkflowError if a setting is out of range."""
-    nodes, edges = graph(settings)
-    ids, values = node_ids(nodes), settings.to_dict()
-    api = {}
-    for key, class_type, _pos, mapping, fixed in nodes:
-        spec = _spec(class_type)
-        inputs = {p.name: p.default for p in spec.widgets}
-        inputs.update(fixed)
-        inputs.update({name: values[setting] for setting, name in mapping.items()})
-        api[ids[key]] = {"class_type": class_type, "inputs": inputs,
-                         "_meta": {"title": TITLES.get(key, spec.display_name)}}
-    for src, slot, dst, name in edges:
-        api[ids[dst]]["inputs"][name] = [ids[src], slot]
-    return check_api(api)
-
-
-def ui_inputs(spec, linked_widgets: list[str]) -> list[str]:
-    """A UI node's input slots: its sockets, then the widgets fed by a link (ComfyUI's widget inputs)."""
-    return [p.name for p in spec.sockets] + [p.name for p in spec.widgets if p.name in linked_widgets]
-
-
-def ui_shape(spec, title: str) -> Shape:
-    """What the frontend draws for one of our nodes (a seed widget brings its control_after_generate row)."""
-    widgets: list[tuple[str, bool]] = []
-    for p in spec.widgets:
-        widgets.append((p.name, p.multiline))
-        if p.seed:
-            widgets.append(("control_after_generate", False))
-    return Shape(title, tuple(p.name for p in spec.sockets), tuple(o.name for o in spec.outputs), tuple(widgets))
-
-
-def ui_layout(nodes_: list[tuple]) -> dict[str, tuple[list[int], list[int]]]:
-    """key -> (pos, size): the graph's columns stacked top-down, each node at least as large as the frontend draws."""
-    columns: list[list] = [[] for _ in range(1 + max(column for _k, _c, column, *_rest in nodes_))]
-    for key, class_type, column, *_rest in nodes_:
-        columns[column].append((key, node_size(ui_shape(_spec(class_type), TITLES.get(key, "")
-                                                        or _spec(class_type).display_name))))
-    return place_columns(columns)
+    return check_api(api_prompt(*graph_nodes(settings), specs()))
 
 
 def to_ui_workflow(settings: Settings) -> dict:
     """The UI-format (v0.4) workflow that ComfyUI opens by drag and drop."""
-    api = to_api_prompt(settings)
-    nodes_, edges = graph(settings)
-    ids = node_ids(nodes_)
-    placed = ui_layout(nodes_)
-    links, out_links = [], {}
-    linked_widgets: dict[str, list[str]] = {}
-    for _src, _slot, dst, name in edges:
-        if _spec(api[ids[dst]]["class_type"]).param(name).is_widget:
-            linked_widgets.setdefault(ids[dst], []).append(name)
-    for n, (src, slot, dst, name) in enumerate(edges, start=1):
-        to_slot = ui_inputs(_spec(api[ids[dst]]["class_type"]), linked_widgets.get(ids[dst], [])).index(name)
-        out_type = _spec(api[ids[src]]["class_type"]).outputs[slot].type
-        links.append([n, int(ids[src]), slot, int(ids[dst]), to_slot, out_type])
-        out_links.setdefault((ids[src], slot), []).append(n)
-    link_to = {(str(lk[3]), lk[4]): lk[0] for lk in links}
-    nodes = []
-    for order, (key, class_type, _column, _mapping, _fixed) in enumerate(nodes_):
-        nid, spec = ids[key], _spec(class_type)
-        widgets = []
-        for p in spec.widgets:
-            value = api[nid]["inputs"][p.name]
-            widgets.append(p.default if isinstance(value, list) else value)  # a linked widget keeps a plain value
-            if p.seed:
-                widgets.append("fixed")
-        pos, size = placed[key]
-        nodes.append({
-            "id": int(nid), "type": class_type, "pos": pos, "size": size, "flags": {}, "order": order, "mode": 0,
-            **({"title": TITLES[key]} if key in TITLES else {}),
-            "inputs": [{"name": p.name, "type": p.type, "link": link_to.get((nid, i)),
-                        **({"widget": {"name": p.name}} if p.is_widget else {})}
-                       for i, p in enumerate(spec.param(n) for n in ui_inputs(spec, linked_widgets.get(nid, [])))],
-            "outputs": [{"name": o.name, "type": o.type, "links": out_links.get((nid, j), []), "slot_index": j}
-                        for j, o in enumerate(spec.outputs)],
-            "properties": {"Node name for S&R": class_type}, "widgets_values": widgets,
-        })
-    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]},
-                                                  "turbosample": {"settings": settings.to_dict()}},
-            "version": 0.4}
+    to_api_prompt(settings)  # checked first
+    return ui_workflow(*graph_nodes(settings), specs(), {"turbosample": {"settings": settings.to_dict()}})
 
 
 def settings_from_api(api: dict) -> Settings:

@@ -46,7 +46,7 @@ def test_shipped_workflow_matches_node_declarations(path):
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
 def test_shipped_layout_has_no_overlap_fits_one_view_and_sizes_cover_the_frontend_estimate(path):
     from turbosample.nodes.layout import layout_problems, node_size
-    from turbosample.nodes.txt2img import ui_shape
+    from turbosample.nodes.graph_json import ui_shape
 
     ui = json.loads(path.read_text())
     specs = known_specs()
