@@ -53,22 +53,33 @@ def ui_inputs(spec: NodeSpec, linked_widgets: Sequence[str]) -> list[str]:
     return [p.name for p in spec.sockets] + [p.name for p in spec.widgets if p.name in linked_widgets]
 
 
-def ui_shape(spec: NodeSpec, title: str = "") -> Shape:
+def shown(value: Any) -> str:
+    """A widget value as the frontend shows it (floats with two decimals)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def ui_shape(spec: NodeSpec, title: str = "", values: Mapping[str, Any] | None = None) -> Shape:
     """What the frontend draws for a node (a seed widget brings its control_after_generate row)."""
+    values = {p.name: p.default for p in spec.widgets} | dict(values or {})
     widgets: list[tuple[str, bool]] = []
+    texts: list[str] = []
     for p in spec.widgets:
         widgets.append((p.name, p.multiline))
+        texts.append("" if isinstance(values[p.name], list) else shown(values[p.name]))
         if p.seed:
             widgets.append(("control_after_generate", False))
+            texts.append("increment")
     return Shape(title or spec.display_name, tuple(p.name for p in spec.sockets), tuple(o.name for o in spec.outputs),
-                 tuple(widgets))
+                 tuple(widgets), tuple(texts))
 
 
 def ui_layout(nodes: Sequence[GraphNode], specs: Mapping[str, NodeSpec]) -> dict[str, tuple[list[int], list[int]]]:
     """key -> (pos, size): columns stacked top-down, side by side."""
     columns: list[list] = [[] for _ in range(1 + max(n.column for n in nodes))]
     for n in nodes:
-        columns[n.column].append((n.key, node_size(ui_shape(specs[n.class_type], n.title))))
+        columns[n.column].append((n.key, node_size(ui_shape(specs[n.class_type], n.title, n.values))))
     return place_columns(columns)
 
 

@@ -20,6 +20,7 @@ PROMPT_HEIGHT = 100  # what shipped workflows give a prompt box, so a sentence s
 WIDGET_PADDING, PLAIN_PADDING = 14, 6  # below the last widget / the last socket row
 MIN_WIDGET_WIDTH = 270  # what the frontend gives a new node with widgets (its minimum, 210, cuts labels)
 CHAR_WIDTH = 8  # an upper bound for 14 px Arial, the title font (7.8 px for "TurboSample RAS")
+WIDGET_CHAR_WIDTH, WIDGET_CHROME = 7, 80  # a widget row's label and value (12 px) and its margins and arrows
 TITLE_BUTTONS = 60  # the title text gets the width less two title heights (collapse dot, padding)
 VIEW = (1536, 922)  # the canvas a 1600 x 1000 browser window shows (side bar and menu bars excluded)
 MARGIN = 16  # kept free around a layout
@@ -34,6 +35,7 @@ class Shape:
     inputs: tuple[str, ...]  # socket inputs (linked widget inputs do not add rows)
     outputs: tuple[str, ...]
     widgets: tuple[tuple[str, bool], ...]  # (name, multiline); a seed's control_after_generate counts as a widget
+    values: tuple[str, ...] = ()  # each widget's value as shown (a row fits its label and value)
 
 
 def text_width(text: str) -> int:
@@ -51,8 +53,10 @@ def node_size(shape: Shape, prompt_height: int = PROMPT_HEIGHT) -> tuple[int, in
         rows += PLAIN_PADDING
     longest_in = max((len(s) for s in shape.inputs), default=0)
     longest_out = max((len(s) for s in shape.outputs), default=0)
+    rows_text = [len(name) + len(value) for (name, multi), value in zip(shape.widgets, shape.values, strict=False)
+                 if not multi]
     width = max(text_width(shape.title) + TITLE_BUTTONS, CHAR_WIDTH * (longest_in + longest_out) + 60,
-                MIN_WIDGET_WIDTH if shape.widgets else 0)
+                MIN_WIDGET_WIDTH if shape.widgets else 0, WIDGET_CHAR_WIDTH * max(rows_text, default=0) + WIDGET_CHROME)
     return round_up(width), rows
 
 

@@ -238,6 +238,7 @@ def settings_from_api(api: dict) -> Settings:
     return settings
 
 
+# The built-in model's shipped workflows (titles, order and files: nodes/templates.py)
 SHIPPED = {
     "builtin_txt2img": Settings(prompt="grinning face", seed=1),
     "builtin_magcache": Settings(prompt="red apple", seed=1, magcache_threshold=0.1, filename_prefix="magcache"),
@@ -275,29 +276,3 @@ SHIPPED = {
     "builtin_dpm_solver_v3": Settings(prompt="red apple", seed=1, steps=8, loop_accelerator="dpm_solver_v3",
                                       filename_prefix="dpm_solver_v3"),
 }
-
-
-def write_shipped_workflows(folder) -> list:
-    """(Re)write workflows/<name>.json (UI format) and workflows/api/<name>.json for every shipped workflow.
-
-    ComfyUI lists ``workflows/*.json`` as templates, so the API-format copies live one folder down.
-    """
-    import json
-    from pathlib import Path
-
-    folder = Path(folder)
-    written = []
-    for name, settings in SHIPPED.items():
-        for path, data in ((folder / f"{name}.json", to_ui_workflow(settings)),
-                           (folder / "api" / f"{name}.json", to_api_prompt(settings))):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(data, indent=2) + "\n")
-            written.append(path)
-    return written
-
-
-if __name__ == "__main__":
-    import sys
-
-    for p in write_shipped_workflows(sys.argv[1] if len(sys.argv) > 1 else "workflows"):
-        print(p)
