@@ -192,4 +192,4 @@ def test_stop_says_where_the_run_stopped():
     from turbosample.web.app import stopped_status
 
     assert stopped_status("step 17/1000") == "stopped at step 17/1000; no image saved"
-    assert stopped_status("done in 1.0 s (1 image(s), seed 3)").startswith("done in")
+    assert stopped_status("starting") == "stopped before the first step"

@@ -103,21 +103,26 @@ def with_setting_names(fn, extra: tuple[inspect.Parameter, ...] = ()):
             return fn(*values, **named)
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     wrapper.__signature__ = inspect.Signature([inspect.Parameter(s, kind) for s in ORDER] + list(extra))
+    wrapper.__annotations__ = {p.name: p.annotation for p in extra if p.annotation is not inspect.Parameter.empty}
     wrapper.__name__ = fn.__name__
     return wrapper
 
 
-def run_generation(values: list, progress=None):
-    """Generator for the Generate button: yields (preview, gallery, status, last_png)."""
+def run_generation(values: list, progress=None, cancel: threading.Event | None = None):
+    """Generator for the Generate button: yields (preview, gallery, status, last_png). Setting ``cancel`` (the Stop
+    button) ends the run with a last status that says where it stopped."""
     import gradio as gr
+
+    from ..samplers.run import Interrupted
 
     try:
         settings = settings_from_values(values)
     except (NodeInputError, WorkflowError, ValueError) as exc:
         raise gr.Error(str(exc)) from None
     events: queue.Queue = queue.Queue()
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
     result: dict = {}
+    status = "starting"
 
     def on_step(i: int, total: int, preview) -> None:
         events.put(("step", i, total, preview))
@@ -144,10 +149,14 @@ def run_generation(values: list, progress=None):
             if i % PREVIEW_EVERY == 0 or i == total:
                 from ..nodes.pipeline import tensor_to_pil
 
-                yield tensor_to_pil(preview[:1])[0], gr.skip(), f"step {i}/{total}", gr.skip()
+                status = f"step {i}/{total}"
+                yield tensor_to_pil(preview[:1])[0], gr.skip(), status, gr.skip()
     finally:
-        cancel.set()  # stops the worker if the client went away or pressed Stop
+        cancel.set()  # stops the worker if the client went away
     worker.join()
+    if isinstance(result.get("error"), Interrupted):
+        yield gr.skip(), gr.skip(), stopped_status(status), gr.skip()
+        return
     if "error" in result:
         raise gr.Error(f"generation failed: {result['error']}") from None
     out_dir = Path(tempfile.mkdtemp(prefix="turbosample-"))
@@ -158,10 +167,8 @@ def run_generation(values: list, progress=None):
 
 
 def stopped_status(current: str) -> str:
-    """The status line after Stop: a run in progress says where it stopped."""
-    if current.startswith("step "):
-        return f"stopped at {current}; no image saved"
-    return current
+    """The status line after Stop: where the run stopped."""
+    return f"stopped at {current}; no image saved" if current.startswith("step ") else "stopped before the first step"
 
 
 def schedule_preview(scheduler: str, steps, flow_shift, denoise):
@@ -278,19 +285,37 @@ def build_demo():
                                                            defaults["flow_shift"], defaults["denoise"]))
         inputs = [components[s] for s in ORDER]
 
-        def on_generate(*values, progress=gr.Progress()):
-            yield from run_generation(list(values), progress)
+        running: dict[str, threading.Event] = {}  # browser session -> the Stop flag of its run
 
-        progress_param = inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())
-        event = run_btn.click(with_setting_names(on_generate, (progress_param,)), inputs,
-                              [preview, gallery, status, last_png], api_name="generate", concurrency_limit=1,
-                              concurrency_id="sampler")
-        stop_btn.click(stopped_status, status, status, cancels=[event], api_name=False, queue=False)
+        def on_generate(*values, progress=gr.Progress(), request: gr.Request = None):
+            cancel = threading.Event()
+            session = getattr(request, "session_hash", None)
+            running[session] = cancel
+            try:
+                yield from run_generation(list(values), progress, cancel)
+            finally:
+                if running.get(session) is cancel:
+                    del running[session]
+
+        def on_stop(request: gr.Request):
+            """Flags the session's run: it ends after the current step with a 'stopped at step' status (Gradio's
+            own cancel would leave every output marked 'Error')."""
+            if getattr(request, "session_hash", None) in running:
+                running[request.session_hash].set()
+
+        on_stop.__annotations__ = {"request": gr.Request}  # a class, not this module's postponed string
+
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        extra = (inspect.Parameter("progress", kind, default=gr.Progress()),
+                 inspect.Parameter("request", kind, default=None, annotation=gr.Request))
+        run_btn.click(with_setting_names(on_generate, extra), inputs, [preview, gallery, status, last_png],
+                      api_name="generate", concurrency_limit=1, concurrency_id="sampler")
+        stop_btn.click(on_stop, None, None, api_name=False, queue=False)
         save_ui.click(with_setting_names(lambda *v: write_workflow(list(v), False)), inputs, save_ui,
                       api_name="save_workflow")
         save_api.click(with_setting_names(lambda *v: write_workflow(list(v), True)), inputs, save_api,
                        api_name="save_api")
-        load.upload(read_workflow, load, inputs, api_name="load_workflow")
+        load.upload(read_workflow, load, inputs, api_name="load_workflow", show_progress="hidden")  # errors: a toast
         plot_inputs = [components[s] for s in ("scheduler", "steps", "flow_shift", "denoise")]
         for control in plot_inputs:
             control.change(schedule_preview, plot_inputs, schedule, api_name=False, queue=False)
