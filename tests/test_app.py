@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import pytest
 from gradio_client import Client, handle_file
@@ -163,6 +164,7 @@ def test_progress_reaches_api_clients(url):
     while not job.done():
         for unit in job.status().progress_data or []:
             seen.add((unit.index, unit.length, unit.desc))
+        time.sleep(0.01)
     job.result()
     assert seen and all(length == 40 and desc == "sampling" for _i, length, desc in seen)
 
