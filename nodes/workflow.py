@@ -45,6 +45,18 @@ def parse_json(text: str | bytes) -> dict:
     return data
 
 
+def check_known(types: dict[str, str], specs: dict[str, NodeSpec]) -> None:
+    """WorkflowError naming the node types (node id -> class) this app lacks, before any other check."""
+    missing: dict[str, list[str]] = {}
+    for nid, class_type in types.items():
+        if class_type not in specs:
+            missing.setdefault(str(class_type), []).append(str(nid))
+    if missing:
+        listed = ", ".join(f"{t} (node {', '.join(ids)})" for t, ids in sorted(missing.items()))
+        raise WorkflowError(f"this workflow needs nodes this app does not have: {listed}. The app runs the "
+                            "TurboSample text-to-image graph on the built-in model; open this workflow in ComfyUI")
+
+
 def is_ui_format(data: dict) -> bool:
     return isinstance(data.get("nodes"), list) and "links" in data
 
@@ -80,15 +92,13 @@ def ui_to_api(ui: dict, specs: dict[str, NodeSpec] | None = None) -> dict:
             problems.append(f"malformed link {link!r}")
             continue
         links[link[0]] = link
+    check_known({nid: node["type"] for nid, node in nodes.items() if node.get("mode", 0) not in (2, 4)}, specs)
     api: dict[str, dict] = {}
     for nid, node in nodes.items():
         if node.get("mode", 0) in (2, 4):
             continue
         where = f"node {nid} ({node['type']})"
-        spec = specs.get(node["type"])
-        if spec is None:
-            problems.append(f"{where}: unknown node type; this app knows {', '.join(sorted(specs))}")
-            continue
+        spec = specs[node["type"]]
         try:
             inputs: dict[str, Any] = split_widget_values(spec, list(node.get("widgets_values") or []), where)
         except WorkflowError as exc:
@@ -121,15 +131,14 @@ def check_api(api: dict, specs: dict[str, NodeSpec] | None = None) -> dict:
     problems = []
     if not isinstance(api, dict) or not api:
         raise WorkflowError("the prompt has no nodes")
+    check_known({nid: node["class_type"] for nid, node in api.items()
+                 if isinstance(node, dict) and "class_type" in node}, specs)
     for nid, node in api.items():
         if not isinstance(node, dict) or "class_type" not in node:
             problems.append(f"node {nid}: no class_type")
             continue
-        spec = specs.get(node["class_type"])
+        spec = specs[node["class_type"]]
         where = f"node {nid} ({node['class_type']})"
-        if spec is None:
-            problems.append(f"{where}: unknown node type")
-            continue
         inputs = node.get("inputs", {})
         for p in spec.inputs:
             if p.name not in inputs:

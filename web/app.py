@@ -6,6 +6,7 @@ streams previews; Stop cancels it. Settings save/load as ComfyUI workflow JSON (
 
 from __future__ import annotations
 
+import inspect
 import json
 import queue
 import tempfile
@@ -52,12 +53,14 @@ def make_component(gr, setting: str, p: Param, value):
     common = {"label": label, "info": HELP.get(setting, p.tooltip) or None, "elem_id": setting, "value": value}
     if p.type == "STRING":
         return gr.Textbox(lines=2 if p.multiline else 1, **common)
+    if p.seed:  # text, not a number box: browsers hold numbers as doubles, exact only up to 2**53
+        return gr.Textbox(lines=1, max_lines=1, **{**common, "value": str(value)})
     if p.type == "COMBO":
         choices = p.options()
         if setting == "sampler":
             choices = [(f"{n} ({SAMPLERS[n].calls_per_step:g} call/step)", n) for n in choices]
         return gr.Dropdown(choices=choices, **common)
-    if p.seed or p.max is None or p.max - (p.min or 0) > 10_000:
+    if p.max is None or p.max - (p.min or 0) > 10_000:
         return gr.Number(minimum=p.min, maximum=p.max, precision=0 if p.type == "INT" else None, **common)
     step = p.step or (1 if p.type == "INT" else 0.01)
     return gr.Slider(minimum=p.min, maximum=p.max, step=step, **common)
@@ -79,20 +82,47 @@ def settings_from_values(values: list) -> Settings:
 
 def values_from_settings(settings: Settings) -> list:
     data = settings.to_dict()
-    return [data[s] for s in ORDER]
+    params = setting_params()
+    return [str(data[s]) if params[s].seed else data[s] for s in ORDER]
 
 
-def run_generation(values: list, progress=None):
-    """Generator for the Generate button: yields (preview, gallery, status, last_png)."""
+def with_setting_names(fn, extra: tuple[inspect.Parameter, ...] = ()):
+    """``fn(*values, **extra)`` exposed with one named parameter per setting (then ``extra``), so the API names its
+    inputs after the settings; Gradio may pass the extra ones (``progress``) positionally."""
+    def split(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        names = [p.name for p in extra][:len(args) - len(ORDER)]
+        return args[:len(ORDER)], {**kwargs, **dict(zip(names, args[len(ORDER):], strict=True))}
+
+    if inspect.isgeneratorfunction(fn):
+        def wrapper(*args, **kwargs):
+            values, named = split(args, kwargs)
+            yield from fn(*values, **named)
+    else:
+        def wrapper(*args, **kwargs):
+            values, named = split(args, kwargs)
+            return fn(*values, **named)
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    wrapper.__signature__ = inspect.Signature([inspect.Parameter(s, kind) for s in ORDER] + list(extra))
+    wrapper.__annotations__ = {p.name: p.annotation for p in extra if p.annotation is not inspect.Parameter.empty}
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def run_generation(values: list, progress=None, cancel: threading.Event | None = None):
+    """Generator for the Generate button: yields (preview, gallery, status, last_png). Setting ``cancel`` (the Stop
+    button) ends the run with a last status that says where it stopped."""
     import gradio as gr
+
+    from ..samplers.run import Interrupted
 
     try:
         settings = settings_from_values(values)
     except (NodeInputError, WorkflowError, ValueError) as exc:
         raise gr.Error(str(exc)) from None
     events: queue.Queue = queue.Queue()
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
     result: dict = {}
+    status = "starting"
 
     def on_step(i: int, total: int, preview) -> None:
         events.put(("step", i, total, preview))
@@ -119,10 +149,14 @@ def run_generation(values: list, progress=None):
             if i % PREVIEW_EVERY == 0 or i == total:
                 from ..nodes.pipeline import tensor_to_pil
 
-                yield tensor_to_pil(preview[:1])[0], gr.skip(), f"step {i}/{total}", gr.skip()
+                status = f"step {i}/{total}"
+                yield tensor_to_pil(preview[:1])[0], gr.skip(), status, gr.skip()
     finally:
-        cancel.set()  # stops the worker if the client went away or pressed Stop
+        cancel.set()  # stops the worker if the client went away
     worker.join()
+    if isinstance(result.get("error"), Interrupted):
+        yield gr.skip(), gr.skip(), stopped_status(status), gr.skip()
+        return
     if "error" in result:
         raise gr.Error(f"generation failed: {result['error']}") from None
     out_dir = Path(tempfile.mkdtemp(prefix="turbosample-"))
@@ -130,6 +164,11 @@ def run_generation(values: list, progress=None):
              for k, img in enumerate(result["images"])]
     status = f"done in {time.time() - start:.1f} s ({len(paths)} image(s), seed {settings.seed})"
     yield result["images"][0], paths, status, paths[0]
+
+
+def stopped_status(current: str) -> str:
+    """The status line after Stop: where the run stopped."""
+    return f"stopped at {current}; no image saved" if current.startswith("step ") else "stopped before the first step"
 
 
 def schedule_preview(scheduler: str, steps, flow_shift, denoise):
@@ -194,12 +233,13 @@ def read_workflow(path: str) -> list:
     """Control values from an uploaded workflow JSON (UI or API format) or a PNG carrying one."""
     import gradio as gr
 
+    file = Path(path)
     try:
-        file = Path(path)
         data = workflow_from_png(file) if file.suffix.lower() == ".png" else parse_json(file.read_bytes())
         settings = settings_from_api(to_api(data))
     except (WorkflowError, NodeInputError, ValueError, OSError) as exc:
-        raise gr.Error(f"cannot load workflow: {exc}") from None
+        message = str(exc).replace(str(file), file.name)  # not Gradio's temporary upload folder
+        raise gr.Error(f"cannot load workflow {file.name}: {message}") from None
     return values_from_settings(settings)
 
 
@@ -239,26 +279,48 @@ def build_demo():
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_id="gallery")
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
                 last_png = gr.File(label="PNG with workflow", elem_id="png_file")
-                schedule = gr.Image(label="Schedule (sigma against step)", type="pil", elem_id="schedule_plot",
-                                    interactive=False, height=240,
+                schedule = gr.Image(label="Schedule (sigma against step)", show_label=False, type="pil",
+                                    elem_id="schedule_plot", interactive=False, height=240,
                                     value=schedule_preview(defaults["scheduler"], defaults["steps"],
                                                            defaults["flow_shift"], defaults["denoise"]))
         inputs = [components[s] for s in ORDER]
 
-        def on_generate(*values, progress=gr.Progress()):
-            yield from run_generation(list(values), progress)
+        running: dict[str, threading.Event] = {}  # browser session -> the Stop flag of its run
 
-        event = run_btn.click(on_generate, inputs, [preview, gallery, status, last_png], api_name="generate",
-                              concurrency_limit=1, concurrency_id="sampler")
-        stop_btn.click(None, None, None, cancels=[event], api_name=False)
-        save_ui.click(lambda *v: write_workflow(list(v), False), inputs, save_ui, api_name="save_workflow")
-        save_api.click(lambda *v: write_workflow(list(v), True), inputs, save_api, api_name="save_api")
-        load.upload(read_workflow, load, inputs, api_name="load_workflow")
+        def on_generate(*values, progress=gr.Progress(), request: gr.Request = None):
+            cancel = threading.Event()
+            session = getattr(request, "session_hash", None)
+            running[session] = cancel
+            try:
+                yield from run_generation(list(values), progress, cancel)
+            finally:
+                if running.get(session) is cancel:
+                    del running[session]
+
+        def on_stop(request: gr.Request):
+            """Flags the session's run: it ends after the current step with a 'stopped at step' status (Gradio's
+            own cancel would leave every output marked 'Error')."""
+            if getattr(request, "session_hash", None) in running:
+                running[request.session_hash].set()
+
+        on_stop.__annotations__ = {"request": gr.Request}  # a class, not this module's postponed string
+
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        extra = (inspect.Parameter("progress", kind, default=gr.Progress()),
+                 inspect.Parameter("request", kind, default=None, annotation=gr.Request))
+        run_btn.click(with_setting_names(on_generate, extra), inputs, [preview, gallery, status, last_png],
+                      api_name="generate", concurrency_limit=1, concurrency_id="sampler")
+        stop_btn.click(on_stop, None, None, api_name=False, queue=False)
+        save_ui.click(with_setting_names(lambda *v: write_workflow(list(v), False)), inputs, save_ui,
+                      api_name="save_workflow")
+        save_api.click(with_setting_names(lambda *v: write_workflow(list(v), True)), inputs, save_api,
+                       api_name="save_api")
+        load.upload(read_workflow, load, inputs, api_name="load_workflow", show_progress="hidden")  # errors: a toast
         plot_inputs = [components[s] for s in ("scheduler", "steps", "flow_shift", "denoise")]
         for control in plot_inputs:
             control.change(schedule_preview, plot_inputs, schedule, api_name=False, queue=False)
-        compare_btn.click(lambda *v: compare_with_baseline(list(v)), inputs, compare_out, api_name="compare",
-                          concurrency_limit=1, concurrency_id="sampler")
+        compare_btn.click(with_setting_names(lambda *v: compare_with_baseline(list(v))), inputs, compare_out,
+                          api_name="compare", concurrency_limit=1, concurrency_id="sampler")
         last_sampler = gr.State(defaults["sampler"])
 
         def on_sampler(sampler, previous, cfg):
