@@ -102,6 +102,12 @@ NODES: tuple[NodeSpec, ...] = (
                     tooltip="Dynamic ratio: extra fraction of tokens dropped per group of steps "
                             "(fewer early, more late)."),
               Param("dynamic_length", "INT", DEFAULTS.dynamic_length, 0, 1000,
-                    tooltip="Steps per group of the dynamic ratio (0 = static ratio).")),
+                    tooltip="Steps per group of the dynamic ratio (0 = static ratio)."),
+              Param("kv_cache", "COMBO", DEFAULTS.kv_cache, choices=lambda: ["full", "int8"],
+                    tooltip="K/V cache of every token for the sparse steps: full (blocks x tokens x inner width x 2 "
+                            "x bytes x batch) or int8 (about half of bf16, a quarter of float32; low memory)."),
+              Param("cuda_graph", "BOOLEAN", DEFAULTS.cuda_graph,
+                    tooltip="Replay the sparse steps as a CUDA graph (less launch overhead; CUDA only, falls back "
+                            "to the eager pass elsewhere or if capture fails).")),
              (Output("MODEL", "MODEL"),), patch_ras, comfy_fn=comfy_patch_ras),
 )
