@@ -28,7 +28,9 @@ BASE_GRAPH = (
 # Model patches chained between the loader and the model's users, in this order, when their setting enables them
 MODEL_PATCHES = (
     ("attention", "TurboSampleAttentionBackend", (420, 860), {"attention": "backend"}, {}),
-    ("magcache", "TurboSampleMagCache", (420, 420), {"magcache_threshold": "threshold"}, {"resample": "nearest"}),
+    ("magcache", "TurboSampleMagCache", (420, 420), {"magcache_threshold": "threshold",
+                                                      "magcache_max_skip_steps": "max_skip_steps"},
+     {"resample": "nearest"}),
     ("ras", "TurboSampleRAS", (420, 640), {"ras_ratio": "sample_ratio"}, {}),
 )
 # Loop accelerators replace the sampler node: name -> (class_type, {setting: widget input})
@@ -138,6 +140,7 @@ class Settings:
     flow_shift: float = _default("TurboSampleBuiltinModelLoader", "flow_shift")
     attention: str = "sdpa"
     magcache_threshold: float = 0.0  # 0 = MagCache off
+    magcache_max_skip_steps: int = _default("TurboSampleMagCache", "max_skip_steps")  # K
     ras_ratio: float = 1.0  # 1 = RAS off
     loop_accelerator: str = "none"
     dualfast_coefficient: float = _default("TurboSampleDualFastSampler", "coefficient")

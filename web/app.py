@@ -29,6 +29,15 @@ ORDER = ("prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height",
          "bottleneck_step_budget", "attention")
 ACCELERATORS = ("magcache_threshold", "ras_ratio", "loop_accelerator", "dualfast_coefficient", "flowturbo_schedule",
                 "bottleneck_scales", "bottleneck_noise", "bottleneck_step_budget", "attention")
+
+
+def _with_magcache_k(names: tuple[str, ...]) -> tuple[str, ...]:
+    """MagCache's K (the auto-tuner sets it) right after the MagCache threshold."""
+    i = names.index("magcache_threshold") + 1
+    return names[:i] + ("magcache_max_skip_steps",) + names[i:]
+
+
+ORDER, ACCELERATORS = _with_magcache_k(ORDER), _with_magcache_k(ACCELERATORS)
 PREVIEW_EVERY = 1
 CFG_PP_CFG = 1.0  # CFG++ samplers read cfg as the paper's lambda (0.5-2); 1 is a safe start
 CFG_PP_INFO = ("CFG++ sampler: cfg is the paper's guidance lambda (0.5-2, set to 1 for you); the usual 4-8 "
