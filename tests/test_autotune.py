@@ -89,6 +89,7 @@ def test_speedup_target_chooses_the_most_faithful_measured_setting_that_reaches_
     complete = [m for m in result.measurements if result.complete(m)]
     feasible = [m for m in complete if m.speedup >= 2.0]
     assert result.chosen.speedup >= 2.0 and result.complete(result.chosen)
+    assert result.chosen.verified == 2 and len(result.chosen.seconds) == 2  # two seeds, then two back-to-back rounds
     assert result.chosen.psnr_db == max(m.psnr_db for m in feasible)
     assert any(m.candidate.magcache for m in result.measurements)  # the search reached the accelerators
     assert any(m.stage == "fewer steps" for m in result.measurements)

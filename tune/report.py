@@ -39,6 +39,7 @@ def measurement_dict(m: Measurement, result: TuneResult) -> dict:
             "seeds_measured": len(m.psnr), "complete": result.complete(m),
             "seconds": [round(t, 4) for t in m.seconds],
             "baseline_seconds": [round(t, 4) for t in m.baseline_seconds],
+            "verify_seconds": [[round(b, 4), round(t, 4)] for b, t in m.verify_pairs],
             "model_calls_per_run": m.model_calls, "note": m.note, "error": m.error}
 
 
@@ -65,9 +66,10 @@ def result_dict(result: TuneResult, settings_of: Callable[[Candidate], dict] | N
                 "model_calls_per_run": ref.model_calls},
             "chosen": chosen, "tried": [measurement_dict(m, result) for m in result.measurements],
             "spent": result.spent, "notes": result.notes,
-            "timing": "wall time on this device; each timed run follows a short plain pulse run; speed-up = median "
-                      "reference time x (pulse median now / pulse median beside the reference) / median candidate "
-                      "time", **(extra or {})}
+            "timing": "wall time on this device; a candidate's first run follows a short plain pulse run; "
+                      "speed-up = median over its runs of reference time x (recent pulses / pulses beside the "
+                      "reference) / run time; verify_seconds: (full run, setting) pairs timed back to back, which "
+                      "replace that estimate once present", **(extra or {})}
 
 
 def table_markdown(result: TuneResult, limit: int | None = None) -> str:
@@ -124,7 +126,7 @@ def pareto_plot(result: TuneResult, width: int = 640, height: int = 420) -> Imag
     """Speed-up (x) against PSNR (y) of every setting measured, the fewer-steps bar, the front and the choice."""
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    left, top, right, bottom = 56, 28, width - 16, height - 44
+    left, top, right, bottom = 56, 28, width - 16, height - 62
     ms = [m for m in result.measurements if m.ok and m.seconds and math.isfinite(m.speedup)]
     ref = result.reference.candidate if result.reference is not None else None
     draw.text((left, 8), f"auto-tune: {result.target.describe()}  (speed-up vs PSNR against the full run)",
@@ -146,7 +148,7 @@ def pareto_plot(result: TuneResult, width: int = 640, height: int = 420) -> Imag
         draw.text((4, at(x0, yv)[1] - 6), f"{yv:.1f}", fill="black")
         xv = x0 + (x1 - x0) * k / 4
         draw.text((at(xv, y0)[0] - 10, bottom + 4), f"{xv:.2f}x", fill="black")
-    draw.text(((left + right) // 2 - 40, bottom + 22), "speed-up (x)", fill="black")
+    draw.text(((left + right) // 2 - 40, bottom + 20), "speed-up (x)", fill="black")
     draw.text((4, top - 18), "PSNR dB", fill="black")
     color = COLORS["target"]
     if result.target.speedup:
@@ -161,9 +163,10 @@ def pareto_plot(result: TuneResult, width: int = 640, height: int = 420) -> Imag
         bar = sorted((m for m in ms if is_fewer_steps(m, ref)), key=lambda m: m.speedup)
         if len(bar) > 1:
             draw.line([at(m.speedup, m.psnr_db) for m in bar], fill=COLORS["fewer steps"], width=2)
-    front = pareto_front([(m.speedup, m.psnr_db) for m in ms])
+    done = [m for m in ms if result.complete(m)]
+    front = pareto_front([(m.speedup, m.psnr_db) for m in done])
     if len(front) > 1:
-        draw.line([at(ms[i].speedup, ms[i].psnr_db) for i in front], fill=COLORS["front"], width=1)
+        draw.line([at(done[i].speedup, done[i].psnr_db) for i in front], fill=COLORS["front"], width=1)
     for m in ms:
         px, py = at(m.speedup, m.psnr_db)
         fill = COLORS["fewer steps"] if ref is not None and is_fewer_steps(m, ref) else COLORS["point"]
@@ -178,9 +181,11 @@ def pareto_plot(result: TuneResult, width: int = 640, height: int = 420) -> Imag
         draw.text((min(px + 10, right - 6 * len(label)), max(py - 20, top + 2)), label, fill=COLORS["chosen"])
     legend = (("fewer steps (bar to beat)", COLORS["fewer steps"]), ("Pareto front", COLORS["front"]),
               ("other settings (hollow: cut short)", COLORS["point"]), ("target", COLORS["target"]),
-              ("chosen", COLORS["chosen"]))
-    for k, (text, c) in enumerate(legend):
-        draw.text((right - 210, bottom - 16 - 13 * (len(legend) - 1 - k)), text, fill=c)
+              ("chosen (ringed)", COLORS["chosen"]))
+    x = left
+    for text, c in legend:  # one line under the axis label
+        draw.text((x, height - 16), text, fill=c)
+        x += int(draw.textlength(text)) + 14
     return img
 
 
@@ -189,18 +194,27 @@ def report_image(result: TuneResult, rows: int = 8) -> Image.Image:
     plot = pareto_plot(result)
     ordered = sorted((m for m in result.measurements if m.ok and m.seconds),
                      key=lambda m: (not result.complete(m), -m.psnr_db))
-    lines = [result.message[:104], "", f"{'setting':<56}{'speed-up':>10}{'PSNR dB':>10}{'seeds':>8}"]
+    columns = (12, 380, 460, 540)  # setting, speed-up, PSNR, seeds (the default font is proportional)
+    table = [("setting", "speed-up", "PSNR dB", "seeds")]
     for m in ordered[:rows]:
-        mark = "* " if m is result.chosen else "  "
-        lines.append(f"{mark}{m.candidate.label()[:54]:<54}{m.speedup:>9.2f}x{m.psnr_db:>10.2f}"
-                     f"{len(m.psnr):>6}/{len(result.seeds)}")
+        mark = "* " if m is result.chosen else "   "
+        table.append((mark + m.candidate.label()[:56], f"{m.speedup:.2f}x", f"{m.psnr_db:.2f}",
+                      f"{len(m.psnr)}/{len(result.seeds)}"))
     sp = result.spent
-    if sp.get("full_runs") is not None:
-        lines += ["", f"spent {sp['search_seconds']:.1f} s = {sp['full_runs']} full runs (budget {sp['budget']})"
-                      + ("; stopped" if result.stopped else "")]
-    img = Image.new("RGB", (plot.width, plot.height + 14 * len(lines) + 16), "white")
+    footer = [] if sp.get("full_runs") is None else [
+        f"spent {sp['search_seconds']:.1f} s = {sp['full_runs']} full runs (budget {sp['budget']})"
+        + ("; stopped" if result.stopped else "")]
+    lines = 2 + len(table) + 1 + len(footer)
+    img = Image.new("RGB", (plot.width, plot.height + 14 * lines + 16), "white")
     img.paste(plot, (0, 0))
     draw = ImageDraw.Draw(img)
-    for k, line in enumerate(lines):
-        draw.text((12, plot.height + 8 + 14 * k), line, fill="black")
+    y = plot.height + 8
+    draw.text((12, y), result.message[:110], fill="black")
+    y += 28
+    for row in table:
+        for x, cell in zip(columns, row, strict=True):
+            draw.text((x, y), cell, fill="black")
+        y += 14
+    for line in footer:
+        draw.text((12, y + 14), line, fill="black")
     return img

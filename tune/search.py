@@ -6,10 +6,10 @@ Protocol (what every figure in a report means):
   against. Before the first timed run, one short warm-up run.
 * **Wall time, alternating and repeated**: every reference run and every candidate's first run is preceded by a
   *pulse*, a short plain run of the reference sampler (about 1/8 of its steps); each candidate runs once per seed.
-  A candidate's speed-up is the median of the reference's run times, scaled by (median of the last three
-  candidates' pulses / median of the pulses beside the reference), over the median of the candidate's run times:
-  drift of a shared machine between the reference and a candidate cancels. Seconds are measured on the device the
-  model runs on.
+  A candidate's speed-up is the median over its runs of (the reference's median run time x drift / the run's
+  time), drift = median of the last three candidates' pulses / median of the pulses beside the reference: drift
+  of a shared machine between the reference and a candidate cancels. Seconds are measured on the device the model
+  runs on.
 * **Fidelity**: per seed, PSNR (and SSIM, LPIPS where available) of the candidate's image against the reference
   image of that seed; the mean over seeds is reported.
 * **Budget**: everything after the reference (pulses, calibrations, candidate runs, metric computation) counts,
@@ -23,6 +23,9 @@ Protocol (what every figure in a report means):
 * **Early stopping**: a candidate is dropped after its first seed when it is clearly slower than the target or
   more than ``race_margin`` dB behind the best so far on that seed; two stages in a row that improve on the best by
   less than ``min_gain`` dB end the search.
+* **Verification**: the choice is then timed again in ``VERIFY_ROUNDS`` rounds back to back with the full run
+  (budget kept for it); its speed-up becomes the median of those rounds' ratios, and the choice is made again (a
+  choice that no longer holds makes way for the next, once).
 * **Reuse**: one MagCache calibration (the given one, or one recording run) serves every candidate and step count
   (nearest-neighbour resampling, as the app's MagCache node); DC-Solver ratios are calibrated once per step count.
 
@@ -47,6 +50,7 @@ from ..samplers.run import Interrupted
 from .metrics import IDENTICAL_PSNR, lpips, missing_metrics, psnr, ssim
 from .space import Candidate, CostModel, SearchSpace, Support, magcache_computed
 
+VERIFY_ROUNDS = 2  # back-to-back rounds (full run, chosen setting) that confirm the choice's speed-up
 SPEED_TOLERANCE = 0.03  # a first-seed speed this far under the target still gets its second timing sample
 SPEED_LEVELS = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # target speed-ups tried in min-PSNR mode
 
@@ -132,12 +136,20 @@ class Measurement:
     model_calls: int = 0
     note: str = ""
     error: str = ""
+    verify_pairs: list[tuple[float, float]] = field(default_factory=list)  # (full run, this) back to back
 
     @property
     def speedup(self) -> float:
-        if not self.seconds:
+        """Median over the timed runs of (reference time beside the run / the run's time); once verified, over the
+        back-to-back rounds with the full run only (the most direct comparison)."""
+        pairs = self.verify_pairs or list(zip(self.baseline_seconds, self.seconds, strict=True))
+        if not pairs:
             return float("nan")
-        return statistics.median(self.baseline_seconds) / statistics.median(self.seconds)
+        return statistics.median(b / t for b, t in pairs)
+
+    @property
+    def verified(self) -> int:
+        return len(self.verify_pairs)
 
     @property
     def psnr_db(self) -> float:
@@ -204,6 +216,7 @@ class _Search:
         self.notes: list[str] = []
         self.stop_reason = ""
         self.level: float | None = None  # the speed-up the current stage aims at
+        self.verifying = False
 
     # -- spending -------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -219,10 +232,36 @@ class _Search:
         return min(limits) if limits else float("inf")
 
     def afford(self, predicted_seconds: float) -> None:
-        """Stopped('budget') unless a run of ``predicted_seconds`` still fits."""
-        if self.elapsed() + predicted_seconds > self.limit_seconds():
+        """Stopped('budget') unless a run of ``predicted_seconds`` still fits (before the time kept for verifying
+        the choice, while searching)."""
+        if self.elapsed() + predicted_seconds > self.limit_seconds() - self.reserve_seconds():
             self.stop_reason = "budget spent"
             raise Stopped("budget")
+
+    def reserve_seconds(self) -> float:
+        """What verifying the choice will cost: VERIFY_ROUNDS x (a full run + the choice's run), at most 30 % of the
+        budget (a small budget verifies fewer rounds)."""
+        if self.verifying or self.ref_seconds is None:
+            return 0.0
+        level = self.level or self.target.speedup or 2.0
+        return min(VERIFY_ROUNDS * self.ref_seconds * (1 + 1 / level), 0.3 * self.limit_seconds())
+
+    def verify(self) -> None:
+        """Time the choice back to back with the full run (VERIFY_ROUNDS alternating rounds on the first seed) and
+        choose again with those samples; a choice that no longer holds makes way for the next, once."""
+        self.verifying = True
+        for _ in range(2):
+            chosen, _met, _message = choose(self.order, self.seeds, self.target)
+            if chosen is None or chosen.verified:
+                return
+            for _round in range(VERIFY_ROUNDS):
+                self.afford(self.ref_seconds + self.predicted_seconds(chosen.candidate))
+                _, t_ref = self.timed(self.ref, self.seeds[0])
+                _, t = self.timed(chosen.candidate, self.seeds[0])
+                chosen.verify_pairs.append((t_ref, t))
+            self.report(f"verified {chosen.candidate.label()}")
+            if choose(self.order, self.seeds, self.target)[0] is chosen:
+                return
 
     def predicted_seconds(self, c: Candidate) -> float:
         if self.ref_seconds is None:
@@ -555,10 +594,15 @@ def tune(backend: Backend, target: Target, budget: Budget = Budget(), space: Sea
     try:
         s.run_reference()
         s.calibrate()
-        if target.speedup is not None:
-            s.stages_at(target.speedup)
-        else:
-            min_psnr_levels(s, target.min_psnr)
+        try:
+            if target.speedup is not None:
+                s.stages_at(target.speedup)
+            else:
+                min_psnr_levels(s, target.min_psnr)
+        except Stopped:
+            if s.stop_reason == "stopped":
+                raise
+        s.verify()  # the budget kept a reserve for it
     except Stopped:
         pass
     if s.stop_reason:
