@@ -20,6 +20,7 @@ from ..nodes.spec import NodeInputError, Param
 from ..nodes.txt2img import Settings, settings_from_api, to_api_prompt, to_ui_workflow
 from ..nodes.workflow import WorkflowError, parse_json, to_api
 from ..samplers.registry import SAMPLERS, is_cfg_pp
+from .autotune_ui import add_find_settings
 
 # settings shown in the main column; the rest go into the "Settings" accordion
 MAIN = ("prompt", "negative_prompt")
@@ -253,6 +254,7 @@ def build_demo():
                                     value=schedule_preview(defaults["scheduler"], defaults["steps"],
                                                            defaults["flow_shift"], defaults["denoise"]))
         inputs = [components[s] for s in ORDER]
+        add_find_settings(gr, inputs, stop_btn, settings_from_values, values_from_settings)  # auto-tune (issue 16)
 
         def on_generate(*values, progress=gr.Progress()):
             yield from run_generation(list(values), progress)
