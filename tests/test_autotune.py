@@ -273,3 +273,13 @@ def test_model_without_accelerators_tunes_samplers_and_steps_only():
     assert result.measurements and result.metric_space == "latent"
     for m in result.measurements:
         assert not m.candidate.magcache and not m.candidate.ras and m.candidate.loop == "none"
+
+
+def test_dc_solver_is_calibrated_once_per_step_count_and_reused():
+    backend = StandaloneBackend(tiny_problem())
+    space = SearchSpace(samplers=("euler",), thresholds=(0.2,), ks=(2,), ras_ratios=(), loops=("none", "dc_solver"))
+    result = tune(backend, Target(speedup=1.5), Budget(runs=400), space, (0,), min_gain=-1.0)  # no early stop
+    dc = [m for m in result.measurements if m.candidate.loop == "dc_solver" and m.seconds]
+    assert dc and {m.candidate.steps for m in dc} <= set(backend.dc_records)
+    assert all(len(backend.dc_records[n]["ratios"]) == n for n in backend.dc_records)
+    assert result.spent["calibration_seconds"] > 0

@@ -334,7 +334,7 @@ class _Search:
             self.notes.append(f"MagCache: calibrated on this model and prompt (one Euler run of "
                               f"{self.ref.steps} steps, {self.clock() - t0:.1f} s), reused for every "
                               "candidate")
-        self.cost = CostModel(curves=self.backend.curves(), resample=_nearest)
+        self.cost = CostModel(curves=self.backend.curves(), resample=nearest_curve)
 
     def report(self, message: str) -> None:
         if self.progress is not None:
@@ -509,7 +509,7 @@ class _Search:
             for k in self.space.ks:
                 c = Candidate(sampler, self.ref.steps, threshold, k)
                 n = self.cost.steps_for(c, self.ref, level, self.space.min_steps) or self.space.min_steps
-                pattern = (n, tuple(magcache_computed(self.cost.curves, n, threshold, k, resample=_nearest)))
+                pattern = (n, tuple(magcache_computed(self.cost.curves, n, threshold, k, resample=nearest_curve)))
                 if pattern in seen or min(pattern[1]) == 1.0:
                     continue  # the same decisions as a setting already run, or no skip at all
                 seen.add(pattern)
@@ -533,7 +533,7 @@ class _LevelDone(Exception):
     pass
 
 
-def _nearest(curve, steps: int):
+def nearest_curve(curve, steps: int):
     from ..accel.magcache_calibration import resample_curve
 
     return resample_curve(tuple(curve), steps, "nearest")
