@@ -75,7 +75,9 @@ class StandaloneBackend:
             block = False
             notes.append(f"MagCache and RAS: {exc}")
         net = self.problem.model.diffusion_model
-        patch = getattr(net, "patch_size", None) or getattr(getattr(net, "config", None), "patch_size", None)
+        holders = (net, getattr(net, "transformer", None))  # ours, or diffusers' behind accel's DiffusersDiT
+        patch = next((v for h in holders for v in (getattr(h, "patch_size", None),
+                                                   getattr(getattr(h, "config", None), "patch_size", None)) if v), None)
         bottleneck = len(self.problem.latent_shape) == 4 and patch is not None
         if not bottleneck:
             notes.append("Bottleneck Sampling: needs an image latent (B, C, H, W) and a model that tells its patch "
