@@ -38,11 +38,107 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--workflow", help="run the settings of a workflow JSON (UI or API format) or PNG")
     gen.add_argument("--save-workflow", help="also write the run's ComfyUI UI-format workflow JSON here")
     add_setting_options(gen)
+    add_tune_parser(sub)
     app = sub.add_parser("app", help="launch the Gradio web app")
     app.add_argument("--host", default="127.0.0.1")
     app.add_argument("--port", type=int, default=7860)
     app.add_argument("--share", action="store_true", help="ask Gradio for a public share link")
     return parser
+
+
+def add_tune_parser(sub) -> None:
+    """``turbosample tune``: auto-tune the given run (its settings with every accelerator off are the reference)."""
+    tune = sub.add_parser("tune", help="find the fastest setting that stays close to the full run (auto-tune)",
+                          description="Runs the given settings with every accelerator off (the reference) on a few "
+                                      "seeds, then searches sampler x steps x MagCache x RAS x loop accelerators on "
+                                      "this model and prompt, measuring wall time and PSNR/SSIM/LPIPS.")
+    goal = tune.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-speedup", type=float, metavar="X", help="be X times faster; maximise fidelity")
+    goal.add_argument("--min-psnr", type=float, metavar="DB", help="keep PSNR >= DB against the full run; maximise "
+                                                                    "speed")
+    tune.add_argument("--budget-runs", type=float, default=None, metavar="N",
+                      help="search budget in full runs' worth of wall time (default 10 unless --budget-calls or "
+                           "--budget-seconds is given)")
+    tune.add_argument("--budget-calls", type=int, default=None, metavar="N", help="search budget in model calls of "
+                                                                                   "the reference (as time)")
+    tune.add_argument("--budget-seconds", type=float, default=None, metavar="S", help="search budget in seconds")
+    tune.add_argument("--seeds", type=int, default=2, metavar="N", help="tuning seeds, from --seed on (default 2)")
+    tune.add_argument("--samplers", nargs="+", metavar="NAME", help="samplers to try (default: "
+                                                                    "euler, euler_dualfast, dpmpp_2m, "
+                                                                    "dpmpp_2m_dualfast, uni_pc, res_multistep)")
+    tune.add_argument("--with-dc-solver", action="store_true",
+                      help="also try DC-Solver (one-off calibration of ~200 + 20 x steps model calls per step count; "
+                           "the app and CLI repeat it on every run of the saved workflow, ComfyUI caches it)")
+    tune.add_argument("--report", metavar="FILE", help="write the JSON report (chosen setting under 'chosen')")
+    tune.add_argument("--save-workflow", metavar="FILE", help="write the chosen setting as a workflow (UI format; "
+                                                              "a name ending in _api.json: API format)")
+    tune.add_argument("--plot", metavar="FILE", help="write the Pareto plot (speed-up vs PSNR) as PNG")
+    tune.add_argument("--workflow", help="take the reference run's settings from a workflow JSON or PNG")
+    add_setting_options(tune)
+
+
+def json_path(spec: str | None, suffix: str, what: str) -> Path | None:
+    """An output path checked before any work (so a bad name loses nothing); folders are made."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{what} must be a {suffix} file, got {spec!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_tune_command(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .nodes.autotune import chosen_settings, run_tune, write_report, write_workflow
+    from .tune.report import pareto_plot, summary_markdown, table_markdown
+    from .tune.search import Budget, Target
+    from .tune.space import SearchSpace
+
+    settings = settings_from_args(args)
+    target = Target(speedup=args.target_speedup, min_psnr=args.min_psnr)
+    no_budget = args.budget_runs is None and args.budget_calls is None and args.budget_seconds is None
+    budget = Budget(10.0 if no_budget else args.budget_runs, args.budget_seconds, args.budget_calls)
+    space = SearchSpace()
+    if args.samplers:
+        space = SearchSpace(samplers=tuple(args.samplers))
+    if args.with_dc_solver:
+        space = SearchSpace(samplers=space.samplers, loops=(*space.loops, "dc_solver"))
+    report, workflow = json_path(args.report, ".json", "--report"), json_path(args.save_workflow, ".json",
+                                                                              "--save-workflow")
+    plot = json_path(args.plot, ".png", "--plot")
+    cancel = threading.Event()
+
+    def stop(_signum, _frame) -> None:
+        print("\nturbosample: stopping after the current run (Ctrl-C again to abort)", file=sys.stderr)
+        cancel.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def progress(message: str, _so_far) -> None:
+        print(f"\r{message[:100]:<100}", end="", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        result = run_tune(settings, target, budget, args.seeds, space, cancel, progress)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(file=sys.stderr)
+    print(summary_markdown(result))
+    print()
+    print(table_markdown(result))
+    if report:
+        print(f"report: {write_report(result, settings, report)}")
+    if plot:
+        pareto_plot(result).save(plot)
+        print(f"plot: {plot}")
+    chosen = chosen_settings(result, settings)
+    if workflow and chosen is not None:
+        print(f"workflow: {write_workflow(chosen, workflow)}")
+    elif workflow:
+        print("no setting to save: nothing was measured", file=sys.stderr)
+    return 0
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -107,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "tune":
+            return run_tune_command(args)
         from .web.app import launch
 
         launch(host=args.host, port=args.port, share=args.share)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .attention_nodes import NODES as ATTENTION_NODES
+from .autotune_nodes import NODES as AUTOTUNE_NODES
 from .ays_nodes import NODES as AYS_NODES
 from .builtin_nodes import NODES as BUILTIN_NODES
 from .dc_solver_nodes import NODES as DC_SOLVER_NODES
@@ -22,5 +23,5 @@ NODES: tuple[NodeSpec, ...] = (BUILTIN_NODES + RAS_NODES + MAGCACHE_NODES + MAGC
                               + LOOP_ACCEL_NODES + PLOT_NODES
                               + ATTENTION_NODES + FLOWTURBO_NODES + FLOW_SHIFT_NODES
                               + GAP_SAMPLER_NODES + GITS_NODES + AYS_NODES + DC_SOLVER_NODES
-                              + DPM_SOLVER_V3_NODES)
+                              + DPM_SOLVER_V3_NODES + AUTOTUNE_NODES)
 NODE_BY_ID: dict[str, NodeSpec] = {n.node_id: n for n in NODES}

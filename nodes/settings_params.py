@@ -7,7 +7,8 @@ from .txt2img import BASE_GRAPH, LOOP_ACCELERATORS, MODEL_PATCHES, SAMPLER_NODES
 
 LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "sampler": "Sampler", "cfg": "CFG",
           "flow_shift": "Flow shift", "filename_prefix": "File name prefix", "magcache_threshold": "MagCache threshold",
-          "ras_ratio": "RAS token ratio", "loop_accelerator": "Loop accelerator",
+          "magcache_max_skip_steps": "MagCache K", "ras_ratio": "RAS token ratio",
+          "loop_accelerator": "Loop accelerator",
           "dualfast_coefficient": "DualFast coefficient", "attention": "Attention backend",
           "flowturbo_schedule": "FlowTurbo schedule", "sigmas_from": "Sigmas from",
           "bottleneck_scales": "Bottleneck scales", "bottleneck_noise": "Bottleneck noise",
@@ -16,6 +17,7 @@ HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the u
         "filename_prefix": "Names of saved images.",
         "magcache_threshold": "MagCache: reuse the block-stack residual while the calibrated error stays below "
                               "this budget (0 = off; 0.05-0.2 typical).",
+        "magcache_max_skip_steps": "MagCache: most steps skipped in a row (K).",
         "ras_ratio": "RAS: fraction of image tokens recomputed on sparse steps (1 = off).",
         "bottleneck_step_budget": "Bottleneck: model steps run in all, as a fraction of Steps (0.68 = the paper's 34 "
                                   "for a 50-step run; 1 = all of them); the progress bar still counts to Steps.",

@@ -31,7 +31,8 @@ TITLES = {"positive": "Positive prompt", "negative": "Negative prompt"}
 # Model patches chained between the loader and the model's users, in this order, when their setting enables them
 MODEL_PATCHES = (
     ("attention", "TurboSampleAttentionBackend", 1, {"attention": "backend"}, {}),
-    ("magcache", "TurboSampleMagCache", 1, {"magcache_threshold": "threshold"}, {"resample": "nearest"}),
+    ("magcache", "TurboSampleMagCache", 1, {"magcache_threshold": "threshold",
+                                            "magcache_max_skip_steps": "max_skip_steps"}, {"resample": "nearest"}),
     ("ras", "TurboSampleRAS", 1, {"ras_ratio": "sample_ratio"}, {}),
 )
 # Loop accelerators replace the sampler node: name -> (class_type, {setting: widget input})
@@ -142,6 +143,7 @@ class Settings:
     flow_shift: float = _default("TurboSampleBuiltinModelLoader", "flow_shift")
     attention: str = "sdpa"
     magcache_threshold: float = 0.0  # 0 = MagCache off
+    magcache_max_skip_steps: int = _default("TurboSampleMagCache", "max_skip_steps")  # K
     ras_ratio: float = 1.0  # 1 = RAS off
     loop_accelerator: str = "none"
     dualfast_coefficient: float = _default("TurboSampleDualFastSampler", "coefficient")

@@ -15,8 +15,8 @@ from turbosample.web.app import ORDER, build_demo
 
 DEFAULTS = {"prompt": "grinning face", "negative_prompt": "", "seed": "3", "steps": 3, "cfg": 4.0, "width": 32,
             "height": 32, "sampler": "euler", "scheduler": "simple", "flow_shift": 1.0, "batch_size": 1,
-            "denoise": 1.0, "filename_prefix": "test", "magcache_threshold": 0.0, "ras_ratio": 1.0,
-            "loop_accelerator": "none", "dualfast_coefficient": 0.0, "attention": "sdpa",
+            "denoise": 1.0, "filename_prefix": "test", "magcache_threshold": 0.0, "magcache_max_skip_steps": 2,
+            "ras_ratio": 1.0, "loop_accelerator": "none", "dualfast_coefficient": 0.0, "attention": "sdpa",
             "flowturbo_schedule": "H2P*R3", "sigmas_from": "schedule", "bottleneck_scales": "1, 0.5, 1",
             "bottleneck_noise": "1, 0.8, 0.6", "bottleneck_step_budget": 0.68}
 

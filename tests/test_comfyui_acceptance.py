@@ -368,6 +368,36 @@ def test_wrapper_and_gap_sampler_nodes_run_in_comfyui_with_stochastic_bases(comf
     assert saved_images(base, run_prompt(url, prompt))
 
 
+def test_autotune_node_tunes_inside_comfyui_and_its_outputs_sample(comfy):
+    """TurboSample Auto-Tune on the built-in MODEL: candidates run through ComfyUI's sampling; its MODEL, SAMPLER and
+    SIGMAS feed core SamplerCustom; the report IMAGE saves; the JSON report holds the measured choice."""
+    url, base = comfy
+    tune = {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "sampler_name": "euler", "scheduler": "simple", "steps": 6, "cfg": 4.0, "seed": 1, "seeds": 1,
+            "target_speedup": 1.5, "min_psnr": 0.0, "budget_runs": 4.0, "report_filename": "acceptance_tune"}
+    prompt = {
+        "1": {"class_type": "TurboSampleBuiltinModelLoader", "inputs": {"flow_shift": 1.0}},
+        "2": {"class_type": "TurboSampleBuiltinTextEncode", "inputs": {"text": "red apple"}},
+        "3": {"class_type": "TurboSampleBuiltinTextEncode", "inputs": {"text": ""}},
+        "4": {"class_type": "TurboSampleEmptyLatent", "inputs": {"width": 32, "height": 32, "batch_size": 1}},
+        "10": {"class_type": "TurboSampleAutoTune", "inputs": tune},
+        "11": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["10", 0], "add_noise": True, "noise_seed": 1, "cfg": 4.0, "positive": ["2", 0],
+            "negative": ["3", 0], "sampler": ["10", 1], "sigmas": ["10", 2], "latent_image": ["4", 0]}},
+        "12": {"class_type": "TurboSampleDecode", "inputs": {"samples": ["11", 0]}},
+        "13": {"class_type": "SaveImage", "inputs": {"images": ["12", 0], "filename_prefix": "tuned"}},
+        "14": {"class_type": "SaveImage", "inputs": {"images": ["10", 3], "filename_prefix": "tune_report"}},
+    }
+    images = saved_images(base, run_prompt(url, prompt))
+    assert len(images) == 2 and all(p.exists() for p in images)
+    sizes = sorted(Image.open(p).size for p in images)
+    assert sizes[0] == (32, 32) and sizes[1][0] == 640  # the sample, then the report plot with its table
+    (report,) = base.rglob("acceptance_tune.json")
+    data = json.loads(report.read_text())
+    assert data["reference"]["model_calls_per_run"] == 6 and data["tried"]
+    assert data["chosen"] is None or isinstance(data["chosen"]["psnr_db"], float)
+
+
 def test_bad_input_is_reported_by_comfyui(comfy):
     url, _ = comfy
     prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())

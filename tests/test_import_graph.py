@@ -1,4 +1,4 @@
-"""The package's imports point one way: front ends -> nodes -> accel / models -> samplers, with no circles.
+"""The package's imports point one way: front ends -> nodes -> tune -> accel / models -> samplers, with no circles.
 
 Every ``from .x import`` / ``from ..x import`` in the package's modules counts, including imports inside functions
 (a lazy import is still a dependency).
@@ -8,8 +8,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("samplers", "models", "accel", "nodes", "web")
-LAYER = {"samplers": 0, "models": 1, "accel": 1, "nodes": 2, "web": 3, "cli": 3}
+PACKAGES = ("samplers", "models", "accel", "tune", "nodes", "web")
+LAYER = {"samplers": 0, "models": 1, "accel": 1, "tune": 2, "nodes": 3, "web": 4, "cli": 4}
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -21,6 +21,7 @@ from ..nodes.spec import NodeInputError, Param
 from ..nodes.txt2img import Settings, settings_from_api, to_api_prompt, to_ui_workflow
 from ..nodes.workflow import WorkflowError, parse_json, to_api
 from ..samplers.registry import SAMPLERS, is_cfg_pp
+from .autotune_ui import add_find_settings
 
 # settings shown in the main column; the rest go into the "Settings" accordion
 MAIN = ("prompt", "negative_prompt")
@@ -30,6 +31,15 @@ ORDER = ("prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height",
          "bottleneck_step_budget", "attention")
 ACCELERATORS = ("magcache_threshold", "ras_ratio", "loop_accelerator", "dualfast_coefficient", "flowturbo_schedule",
                 "bottleneck_scales", "bottleneck_noise", "bottleneck_step_budget", "attention")
+
+
+def _with_magcache_k(names: tuple[str, ...]) -> tuple[str, ...]:
+    """MagCache's K (the auto-tuner sets it) right after the MagCache threshold."""
+    i = names.index("magcache_threshold") + 1
+    return names[:i] + ("magcache_max_skip_steps",) + names[i:]
+
+
+ORDER, ACCELERATORS = _with_magcache_k(ORDER), _with_magcache_k(ACCELERATORS)
 PREVIEW_EVERY = 1
 CFG_PP_CFG = 1.0  # CFG++ samplers read cfg as the paper's lambda (0.5-2); 1 is a safe start
 CFG_PP_INFO = ("CFG++ sampler: cfg is the paper's guidance lambda (0.5-2, set to 1 for you); the usual 4-8 "
@@ -284,6 +294,7 @@ def build_demo():
                                     value=schedule_preview(defaults["scheduler"], defaults["steps"],
                                                            defaults["flow_shift"], defaults["denoise"]))
         inputs = [components[s] for s in ORDER]
+        add_find_settings(gr, inputs, stop_btn, settings_from_values, values_from_settings)  # auto-tune (issue 16)
 
         running: dict[str, threading.Event] = {}  # browser session -> the Stop flag of its run
 

@@ -1,0 +1,121 @@
+"""Auto-tune for the front ends: app settings <-> tuner candidates, the model to tune on, reports and workflows.
+
+``tune_problem`` is the one place where a model is loaded for tuning: today the built-in model; a model loader
+(``--model DIR``) plugs in there. Everything else (CLI ``turbosample tune``, the app's *Find settings*, the
+``TurboSampleAutoTune`` node) goes through ``run_tune`` or the node function.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from ..tune.search import Budget, Target, TuneResult, tune
+from ..tune.space import BOTTLENECK_STEP_BUDGET, Candidate, SearchSpace
+from ..tune.standalone import TuneProblem
+from .autotune_model import builtin_calibration, pixel_image  # noqa: F401  (re-exported)
+from .txt2img import Settings, to_api_prompt, to_ui_workflow
+from .workflow import WorkflowError
+
+
+def reference_of(settings: Settings) -> Settings:
+    """The full-cost run the tuner compares with: these settings, every accelerator off."""
+    return replace(settings, magcache_threshold=0.0, ras_ratio=1.0, loop_accelerator="none")
+
+
+def check_tunable(settings: Settings) -> None:
+    """WorkflowError unless the settings describe a run the tuner can take as its reference."""
+    if settings.sigmas_from != "schedule":
+        raise WorkflowError(f"auto-tune varies the step count of a schedule; 'Sigmas from' is "
+                            f"{settings.sigmas_from!r}: set it to 'schedule'")
+    if settings.denoise != 1.0:
+        raise WorkflowError(f"auto-tune needs a full text-to-image run (denoise 1), got denoise {settings.denoise}")
+
+
+def settings_for(candidate: Candidate, base: Settings) -> Settings:
+    """The app settings that run ``candidate`` on ``base``'s prompt, seed, size, CFG and schedule."""
+    values = {"sampler": candidate.sampler, "steps": candidate.steps,
+              "magcache_threshold": candidate.magcache_threshold, "ras_ratio": candidate.ras_ratio,
+              "loop_accelerator": candidate.loop}
+    if candidate.magcache:
+        values["magcache_max_skip_steps"] = candidate.magcache_k
+    if candidate.loop == "bottleneck":
+        defaults = Settings()
+        values.update(bottleneck_scales=defaults.bottleneck_scales, bottleneck_noise=defaults.bottleneck_noise,
+                      bottleneck_step_budget=BOTTLENECK_STEP_BUDGET)
+    return replace(reference_of(base), **values)
+
+
+def tune_problem(settings: Settings) -> TuneProblem:
+    """The loaded model, conditioning and latent shape the tuner runs on, for the app's settings.
+
+    THE MODEL LOADER PLUGS IN HERE. Today this is the built-in model (``TurboSampleBuiltinModelLoader``). A loader
+    for the user's own models (``--model DIR``) returns, for its model: a ``samplers.denoiser.DiffusionModel``, the
+    positive and negative CONDITIONING of ``settings.prompt`` / ``settings.negative_prompt``, the latent shape
+    (1, C, H, W) for ``settings.width`` x ``settings.height``, ``to_image`` = its VAE decode to an (H, W, 3) array
+    in [0, 1] (or None: fidelity on latents), and ``magcache_calibration=None`` (the tuner calibrates).
+    """
+    from .attention_nodes import patch_attention
+    from .builtin_nodes import check_latent_size, encode_text, load_builtin_model
+
+    check_tunable(settings)
+    check_latent_size(settings.width, settings.height)
+    (model,) = load_builtin_model(settings.flow_shift)
+    if settings.attention != "sdpa":
+        (model,) = patch_attention(model, settings.attention)
+    calibration, _why = builtin_calibration(model)
+    return TuneProblem(model, encode_text(settings.prompt)[0], encode_text(settings.negative_prompt)[0],
+                       (1, 3, settings.height, settings.width), settings.cfg, settings.sampler, settings.steps,
+                       settings.scheduler, to_image=pixel_image, magcache_calibration=calibration)
+
+
+def tuning_seeds(settings: Settings, count: int) -> tuple[int, ...]:
+    """``count`` seeds from the settings' seed on (the reference and every candidate use these)."""
+    if count < 1:
+        raise ValueError(f"tune on at least one seed, got {count}")
+    return tuple(settings.seed + k for k in range(count))
+
+
+def run_tune(settings: Settings, target: Target, budget: Budget = Budget(), seeds: int = 2,
+             space: SearchSpace = SearchSpace(), cancel: threading.Event | None = None,
+             progress: Callable[[str, TuneResult], None] | None = None) -> TuneResult:
+    """Tune ``settings``' run (accelerators off = the reference) on the model ``tune_problem`` loads."""
+    from ..tune.standalone import StandaloneBackend
+
+    problem = tune_problem(settings)
+    result = tune(StandaloneBackend(problem), target, budget, space, tuning_seeds(settings, seeds), cancel, progress)
+    if problem.magcache_calibration is None:
+        result.notes.append(builtin_calibration(problem.model)[1])
+    return result
+
+
+def chosen_settings(result: TuneResult, base: Settings) -> Settings | None:
+    return settings_for(result.chosen.candidate, base) if result.chosen is not None else None
+
+
+def report_json(result: TuneResult, base: Settings) -> dict:
+    """The ``--report`` JSON: ``chosen`` carries its measured ``speedup`` and ``psnr_db`` and its app settings."""
+    from ..tune.report import result_dict
+
+    return result_dict(result, lambda c: settings_for(c, base).to_dict(),
+                       {"reference_settings": reference_of(base).to_dict()})
+
+
+def write_report(result: TuneResult, base: Settings, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report_json(result, base), indent=2) + "\n")
+    return path
+
+
+def write_workflow(settings: Settings, path: str | Path) -> Path:
+    """The setting as a ComfyUI workflow: UI format (CLI ``--workflow``, app *Load*, ComfyUI drag and drop), or the
+    API format when the name ends in ``_api.json``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_api_prompt(settings) if path.name.endswith("_api.json") else to_ui_workflow(settings)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path

@@ -1,0 +1,25 @@
+"""What the AutoTune node needs of the built-in model without the app's settings graph: the shipped MagCache
+calibration when it fits the weights, and the pixel latent as an image (``nodes.autotune`` adds the settings)."""
+
+from __future__ import annotations
+
+
+def builtin_calibration(model) -> tuple[object | None, str]:
+    """The shipped MagCache calibration the app's workflow uses, when it belongs to these weights; else None and
+    why (then the tuner records one on the model, and a saved workflow would still name the shipped one)."""
+    from ..accel.magcache_calibration import CalibrationMismatch, check_model, weights_fingerprint
+    from .magcache_nodes import resolve_calibration
+
+    cal = resolve_calibration("builtin")
+    try:
+        check_model(cal, weights_fingerprint(model.diffusion_model))
+    except CalibrationMismatch as exc:
+        return None, f"the shipped MagCache calibration does not fit these weights ({exc})"
+    return cal, ""
+
+
+def pixel_image(latent):
+    """The built-in model's pixel latent (first image) as an (H, W, 3) array in [0, 1]."""
+    from .builtin_nodes import latent_to_image
+
+    return latent_to_image(latent[:1])[0].numpy()
