@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..models.diffusers_folder import FLUX_GUIDANCE, WAN_FRAMES
+from .model_folders import BUILTIN
 from .registry import NODE_BY_ID
 from .workflow import CORE_SINKS, WorkflowError, check_api
+
+FOLDER_SETTINGS = ("model", "frames", "guidance")  # settings of model folders only
+EXPORT_LOADERS = ("CheckpointLoaderSimple", "UNETLoader")  # a model folder's ComfyUI export starts at one of them
 
 # (node key, class_type, UI position, {setting: widget input}); widgets not mapped keep their declared default
 BASE_GRAPH = (
@@ -118,6 +123,11 @@ def _spec(class_type: str):
     return NODE_BY_ID.get(class_type) or CORE_SINKS[class_type]
 
 
+def is_folder_model(settings: Settings) -> bool:
+    """Whether the settings run a model folder (not the built-in model)."""
+    return settings.model != BUILTIN
+
+
 def _default(class_type: str, name: str):
     return _spec(class_type).param(name).default
 
@@ -147,6 +157,9 @@ class Settings:
     bottleneck_step_budget: float = _default("TurboSampleBottleneckSampler", "step_budget")
     sigmas_from: str = "schedule"
     filename_prefix: str = "turbosample"
+    model: str = BUILTIN  # the built-in model, or a model folder's name (nodes/model_folders.py)
+    frames: int = WAN_FRAMES  # video models: frames (4k+1)
+    guidance: float = FLUX_GUIDANCE  # Flux dev: its guidance embedding
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,20 +177,39 @@ def node_ids(nodes: list[tuple]) -> dict[str, str]:
     return {key: str(i + 1) for i, (key, *_rest) in enumerate(nodes)}
 
 
-def to_api_prompt(settings: Settings) -> dict:
-    """The API-format prompt of the graph; raises WorkflowError if a setting is out of range."""
-    nodes, edges = graph(settings)
-    ids, values = node_ids(nodes), settings.to_dict()
+def api_from_graph(nodes: list[tuple], edges: list[tuple], values: dict, spec_of=_spec) -> dict:
+    """The API-format prompt of a graph (nodes ``(key, class_type, pos, mapping, fixed)``, edges), unchecked."""
+    ids = node_ids(nodes)
     api = {}
     for key, class_type, _pos, mapping, fixed in nodes:
-        spec = _spec(class_type)
+        spec = spec_of(class_type)
         inputs = {p.name: p.default for p in spec.widgets}
         inputs.update(fixed)
         inputs.update({name: values[setting] for setting, name in mapping.items()})
         api[ids[key]] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": spec.display_name}}
     for src, slot, dst, name in edges:
         api[ids[dst]]["inputs"][name] = [ids[src], slot]
-    return check_api(api)
+    return api
+
+
+def to_api_prompt(settings: Settings) -> dict:
+    """The API-format prompt of the graph (for a model folder: its ComfyUI export, on ComfyUI's core loaders);
+    raises WorkflowError if a setting is out of range."""
+    if is_folder_model(settings):
+        from .folder_graph import export_api
+
+        return export_api(settings)
+    nodes, edges = graph(settings)
+    return check_api(api_from_graph(nodes, edges, settings.to_dict()))
+
+
+def run_prompt(settings: Settings) -> dict:
+    """The API prompt the app and the CLI run (a model folder runs on the app's own folder nodes)."""
+    if is_folder_model(settings):
+        from .folder_graph import run_api_prompt
+
+        return run_api_prompt(settings)
+    return to_api_prompt(settings)
 
 
 def ui_inputs(spec, linked_widgets: list[str]) -> list[str]:
@@ -186,24 +218,32 @@ def ui_inputs(spec, linked_widgets: list[str]) -> list[str]:
 
 
 def to_ui_workflow(settings: Settings) -> dict:
-    """The UI-format (v0.4) workflow that ComfyUI opens by drag and drop."""
-    api = to_api_prompt(settings)
-    nodes_, edges = graph(settings)
+    """The UI-format (v0.4) workflow that ComfyUI opens by drag and drop (a model folder: its ComfyUI export)."""
+    if is_folder_model(settings):
+        from .folder_graph import export_ui
+
+        return export_ui(settings)
+    stored = {k: v for k, v in settings.to_dict().items() if k not in FOLDER_SETTINGS}
+    return ui_from_graph(*graph(settings), to_api_prompt(settings), stored)
+
+
+def ui_from_graph(nodes_: list[tuple], edges: list[tuple], api: dict, stored_settings: dict, spec_of=_spec) -> dict:
+    """The UI-format workflow of a graph and its API prompt; ``stored_settings`` go to ``extra.turbosample``."""
     ids = node_ids(nodes_)
     links, out_links = [], {}
     linked_widgets: dict[str, list[str]] = {}
     for _src, _slot, dst, name in edges:
-        if _spec(api[ids[dst]]["class_type"]).param(name).is_widget:
+        if spec_of(api[ids[dst]]["class_type"]).param(name).is_widget:
             linked_widgets.setdefault(ids[dst], []).append(name)
     for n, (src, slot, dst, name) in enumerate(edges, start=1):
-        to_slot = ui_inputs(_spec(api[ids[dst]]["class_type"]), linked_widgets.get(ids[dst], [])).index(name)
-        out_type = _spec(api[ids[src]]["class_type"]).outputs[slot].type
+        to_slot = ui_inputs(spec_of(api[ids[dst]]["class_type"]), linked_widgets.get(ids[dst], [])).index(name)
+        out_type = spec_of(api[ids[src]]["class_type"]).outputs[slot].type
         links.append([n, int(ids[src]), slot, int(ids[dst]), to_slot, out_type])
         out_links.setdefault((ids[src], slot), []).append(n)
     link_to = {(str(lk[3]), lk[4]): lk[0] for lk in links}
     nodes = []
     for order, (key, class_type, pos, _mapping, _fixed) in enumerate(nodes_):
-        nid, spec = ids[key], _spec(class_type)
+        nid, spec = ids[key], spec_of(class_type)
         widgets = []
         for p in spec.widgets:
             widgets.append(api[nid]["inputs"][p.name])
@@ -221,58 +261,87 @@ def to_ui_workflow(settings: Settings) -> dict:
         })
     return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]},
-                                                  "turbosample": {"settings": settings.to_dict()}},
+                                                  "turbosample": {"settings": stored_settings}},
             "version": 0.4}
 
 
-def settings_from_api(api: dict) -> Settings:
-    """Read the app's settings back from a prompt of this graph's shape (any node ids)."""
+def sample_inputs(api: dict) -> dict:
+    """The inputs of the graph's one TurboSample Sample node."""
     samples = [node for node in api.values() if node.get("class_type") == "TurboSampleSample"]
     if len(samples) != 1:
         raise WorkflowError("this workflow is not the app's text-to-image graph: it needs one TurboSample Sample "
                             f"node, found {len(samples)}")
-    sample = samples[0]["inputs"]
+    return samples[0]["inputs"]
 
-    def linked(ref, what: str, types) -> dict:
-        node = api.get(str(ref[0])) if isinstance(ref, list) and ref else None
-        if node is None or node.get("class_type") not in types:
-            raise WorkflowError(f"this workflow is not the app's text-to-image graph: {what} must come from "
-                                f"{' or '.join(types)}")
-        return node
 
-    def read(node: dict, mapping: dict) -> None:
-        values.update({setting: node["inputs"][name] for setting, name in mapping.items()})
+def linked_node(api: dict, ref, what: str, types) -> dict:
+    """The node an input links to, which must be one of ``types``."""
+    node = api.get(str(ref[0])) if isinstance(ref, list) and ref else None
+    if node is None or node.get("class_type") not in types:
+        raise WorkflowError(f"this workflow is not the app's text-to-image graph: {what} must come from "
+                            f"{' or '.join(types)}")
+    return node
 
-    values: dict = {"seed": sample["seed"], "cfg": sample["cfg"]}
-    encode = ("TurboSampleBuiltinTextEncode",)
-    values["prompt"] = linked(sample.get("positive"), "positive", encode)["inputs"]["text"]
-    values["negative_prompt"] = linked(sample.get("negative"), "negative", encode)["inputs"]["text"]
+
+def read_inputs(values: dict, node: dict, mapping: dict) -> None:
+    values.update({setting: node["inputs"][name] for setting, name in mapping.items()})
+
+
+def read_model_patches(api: dict, ref, values: dict, end_types: tuple) -> dict:
+    """Settings of the model patches from ``ref`` up the chain; returns the node the chain starts from."""
     patches = {ptype: pmap for _k, ptype, _p, pmap, _f in MODEL_PATCHES}
-    model = linked(sample.get("model"), "the model", ("TurboSampleBuiltinModelLoader", *patches))
+    model = linked_node(api, ref, "the model", (*end_types, *patches))
     while model["class_type"] in patches:
-        read(model, patches[model["class_type"]])
-        model = linked(model["inputs"].get("model"), "the model", ("TurboSampleBuiltinModelLoader", *patches))
-    values["flow_shift"] = model["inputs"]["flow_shift"]
+        read_inputs(values, model, patches[model["class_type"]])
+        model = linked_node(api, model["inputs"].get("model"), "the model", (*end_types, *patches))
+    return model
+
+
+def read_sampling(api: dict, sample: dict, values: dict) -> None:
+    """Seed, cfg, the sampler (or loop accelerator) and the sigmas settings."""
+    values.update({"seed": sample["seed"], "cfg": sample["cfg"]})
     sampler_types = {ctype: (name, mapping) for name, (ctype, mapping) in SAMPLER_NODES.items()}
-    sampler = linked(sample.get("sampler"), "the sampler", tuple(sampler_types))
+    sampler = linked_node(api, sample.get("sampler"), "the sampler", tuple(sampler_types))
     values["loop_accelerator"], mapping = sampler_types[sampler["class_type"]]
-    read(sampler, mapping)
+    read_inputs(values, sampler, mapping)
     sigmas_types = {ctype: (name, mapping) for name, (ctype, mapping) in SIGMAS_NODES.items()}
-    sigmas_node = linked(sample.get("sigmas"), "the sigmas", tuple(sigmas_types))
+    sigmas_node = linked_node(api, sample.get("sigmas"), "the sigmas", tuple(sigmas_types))
     values["sigmas_from"], mapping = sigmas_types[sigmas_node["class_type"]]
-    read(sigmas_node, {k: v for k, v in mapping.items() if k not in ("cfg", "seed")})
-    read(linked(sample.get("latent_image"), "the latent", ("TurboSampleEmptyLatent",)),
-         {"width": "width", "height": "height", "batch_size": "batch_size"})
+    read_inputs(values, sigmas_node, {k: v for k, v in mapping.items() if k not in ("cfg", "seed")})
+
+
+def check_same_nodes(api: dict, ours: dict, sinks: tuple = ("SaveImage",)) -> None:
+    """The prompt has exactly the node classes of our graph for the settings read from it (output nodes aside)."""
+    mine = sorted(n["class_type"] for n in ours.values() if n["class_type"] not in sinks)
+    theirs = sorted(n.get("class_type") for n in api.values() if n.get("class_type") not in (*sinks, None))
+    if mine != theirs:
+        extra = sorted(set(theirs) - set(mine)) or theirs
+        raise WorkflowError("this workflow is not the app's text-to-image graph (other nodes: "
+                            f"{', '.join(map(str, extra))})")
+
+
+def settings_from_api(api: dict) -> Settings:
+    """Read the app's settings back from a prompt of this graph's shape (any node ids); a model folder's ComfyUI
+    export is read by ``folder_graph.settings_from_export``."""
+    if any(node.get("class_type") in EXPORT_LOADERS for node in api.values() if isinstance(node, dict)):
+        from .folder_graph import settings_from_export
+
+        return settings_from_export(api)
+    sample = sample_inputs(api)
+    values: dict = {}
+    encode = ("TurboSampleBuiltinTextEncode",)
+    values["prompt"] = linked_node(api, sample.get("positive"), "positive", encode)["inputs"]["text"]
+    values["negative_prompt"] = linked_node(api, sample.get("negative"), "negative", encode)["inputs"]["text"]
+    model = read_model_patches(api, sample.get("model"), values, ("TurboSampleBuiltinModelLoader",))
+    values["flow_shift"] = model["inputs"]["flow_shift"]
+    read_sampling(api, sample, values)
+    read_inputs(values, linked_node(api, sample.get("latent_image"), "the latent", ("TurboSampleEmptyLatent",)),
+                {"width": "width", "height": "height", "batch_size": "batch_size"})
     saves = [node for node in api.values() if node.get("class_type") == "SaveImage"]
     if saves:
         values["filename_prefix"] = saves[0]["inputs"]["filename_prefix"]
     settings = Settings.from_dict(values)
-    ours = sorted(n["class_type"] for n in to_api_prompt(settings).values() if n["class_type"] != "SaveImage")
-    theirs = sorted(n.get("class_type") for n in api.values() if n.get("class_type") not in ("SaveImage", None))
-    if ours != theirs:
-        extra = sorted(set(theirs) - set(ours)) or theirs
-        raise WorkflowError("this workflow is not the app's text-to-image graph (other nodes: "
-                            f"{', '.join(map(str, extra))})")
+    check_same_nodes(api, to_api_prompt(settings))
     return settings
 
 

@@ -30,9 +30,12 @@ CORE_SINKS: dict[str, NodeSpec] = {
 
 
 def known_specs() -> dict[str, NodeSpec]:
+    """The pack's nodes, the app's model-folder nodes, and the ComfyUI core nodes a model folder's export uses."""
+    from .comfy_core import COMFY_CORE
+    from .folder_nodes import NODE_BY_ID as FOLDER_NODES
     from .registry import NODE_BY_ID
 
-    return {**NODE_BY_ID, **CORE_SINKS}
+    return {**NODE_BY_ID, **FOLDER_NODES, **COMFY_CORE, **CORE_SINKS}
 
 
 def parse_json(text: str | bytes) -> dict:
@@ -205,6 +208,9 @@ def run_api(api: dict, hooks: dict[str, Callable[..., dict]] | None = None) -> d
         if node["class_type"] in CORE_SINKS:
             results[nid] = (values["images"],)
             continue
+        if spec.category == "ComfyUI core":
+            raise WorkflowError(f"node {nid} ({node['class_type']}) is a ComfyUI core node, which runs in ComfyUI "
+                                "only; load this workflow into the app (its settings) instead of running it as is")
         extra = hooks[node["class_type"]](nid) if hooks and node["class_type"] in hooks else {}
         results[nid] = spec.fn(**values, **extra)
     return results

@@ -97,7 +97,7 @@ import torch
 import torch.nn.functional as F
 
 from .model_sampling import is_flow, time_snr_shift
-from .noise import seeded_noise
+from .noise import batch_noise
 from .sampling_utils import signal_scale, split_extra_args
 
 RESIZERS = ("lanczos", "bicubic", "bilinear", "nearest", "area")
@@ -290,13 +290,20 @@ def resized_noise(eps: torch.Tensor, size: tuple[int, int], detail: torch.Tensor
     return F.interpolate(eps, size=size, mode="nearest") * gain + (detail - detail_mean)
 
 
-def renoise_seed(x: torch.Tensor, extra_args: dict, seed: int | None) -> int:
-    """ComfyUI's run seed when given, else one derived from the starting noise (same noise -> same seed)."""
+def renoise_seed(x: torch.Tensor, extra_args: dict, seed: int | None) -> int | tuple[int, ...]:
+    """ComfyUI's run seed (or the run's per-image seeds) when given, else one derived from the starting noise (same
+    noise -> same seed)."""
     if seed is not None:
         return int(seed)
     if extra_args.get("seed") is not None:
-        return int(extra_args["seed"])
+        run_seed = extra_args["seed"]
+        return int(run_seed) if isinstance(run_seed, int) else tuple(int(s) for s in run_seed)
     return int(x.detach().flatten()[:256].double().abs().sum().item() * 1e6) % (2**31)
+
+
+def offset_seed(seed: int | tuple[int, ...], k: int) -> int | tuple[int, ...]:
+    """The seed of stage ``k``'s fresh noise (per image for per-image seeds)."""
+    return seed + k if isinstance(seed, int) else tuple(s + k for s in seed)
 
 
 @torch.no_grad()
@@ -370,10 +377,10 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
             x0 = x if float(sigmas[-1]) == 0.0 and not stop_early else progress["denoised"]
             x0 = resize(x0, size, resize_method)
             if noise_source == "fresh":
-                eps = seeded_noise(noise_seed + k, tuple(x0.shape), device=x0.device, dtype=x0.dtype)
+                eps = batch_noise(offset_seed(noise_seed, k), tuple(x0.shape), device=x0.device, dtype=x0.dtype)
             else:
                 detail = start_noise if tuple(size) == tuple(start_noise.shape[-2:]) else \
-                    seeded_noise(noise_seed + k, (*x0.shape[:-2], *size), device=x0.device, dtype=x0.dtype)
+                    batch_noise(offset_seed(noise_seed, k), (*x0.shape[:-2], *size), device=x0.device, dtype=x0.dtype)
                 eps = resized_noise(start_noise if noise_source == "initial" else progress["eps"], size, detail)
             x = signal_scale(stage[0], flow) * x0 + stage[0] * eps
         x = fn(model, x, stage, extra_args=extra_args, callback=stage_callback, disable=disable,

@@ -17,7 +17,8 @@ DEFAULTS = {"prompt": "grinning face", "negative_prompt": "", "seed": 3, "steps"
             "denoise": 1.0, "filename_prefix": "test", "magcache_threshold": 0.0, "ras_ratio": 1.0,
             "loop_accelerator": "none", "dualfast_coefficient": 0.0, "attention": "sdpa",
             "flowturbo_schedule": "H2P*R3", "sigmas_from": "schedule", "bottleneck_scales": "1, 0.5, 1",
-            "bottleneck_noise": "1, 0.8, 0.6", "bottleneck_step_budget": 0.68}
+            "bottleneck_noise": "1, 0.8, 0.6", "bottleneck_step_budget": 0.68, "model": "builtin", "frames": 81,
+            "guidance": 3.5}
 
 
 def values(**overrides):
