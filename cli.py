@@ -75,8 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def configure_models(models_dir: str | None, models: list[str]) -> list[str]:
     """Register --models-dir and the --model folders; returns the model names in the order given."""
+    from .models.diffusers_folder import inspect_folder
     from .nodes.model_folders import BUILTIN, configure, resolve
 
+    for m in models:
+        if Path(m).name != m:  # a path: it must be a pipeline folder (the message says what is wrong)
+            inspect_folder(m)
     folders = [m for m in models if m != BUILTIN and Path(m).expanduser().is_dir()]
     configure(models_dir, tuple(folders))
     names = []
@@ -115,7 +119,7 @@ def settings_from_args(args: argparse.Namespace):
         if not args.workflow and names[0] != base.model:
             values.update(folder_of(names[0]).defaults())
     for setting, p in setting_params().items():
-        given = getattr(args, setting, None)
+        given = getattr(args, setting, None) if setting != "model" else None
         if given is not None:
             values[setting] = p.coerce(given, where="--" + setting.replace("_", "-"))
     return Settings.from_dict(values)

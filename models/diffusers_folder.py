@@ -351,7 +351,7 @@ def load(info: FolderInfo, device: torch.device, dtype: torch.dtype, offload: bo
         overrides["requires_safety_checker"] = False
     try:
         pipe = getattr(diffusers, info.pipeline).from_pretrained(
-            info.path, local_files_only=True, use_safetensors=True, torch_dtype=dtype, variant=info.variant,
+            info.path, local_files_only=True, use_safetensors=True, dtype=dtype, variant=info.variant,
             **overrides)
         if offload:
             pipe.enable_model_cpu_offload(device=device)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 
-from ..models.diffusers_folder import FolderInfo, ModelFolderError, inspect_folder
+from ..models.diffusers_folder import FolderInfo, ModelFolderError, inspect_folder, latent_shape
 from .comfy_core import COMFY_CORE
 from .folder_nodes import NODE_BY_ID as FOLDER_NODES
 from .model_folders import resolve
@@ -63,6 +63,16 @@ def folder_of(settings_or_name) -> FolderInfo:
         return inspect_folder(resolve(name))
     except ModelFolderError as exc:
         raise WorkflowError(str(exc)) from None
+
+
+def checked_folder(settings: Settings) -> FolderInfo:
+    """The settings' model folder, with their size and frame count checked against it before anything loads."""
+    info = folder_of(settings)
+    try:
+        latent_shape(info, settings.width, settings.height, settings.frames, settings.batch_size)
+    except ModelFolderError as exc:
+        raise WorkflowError(str(exc)) from None
+    return info
 
 
 def calibration_file(settings: Settings, info: FolderInfo) -> str:
@@ -113,7 +123,7 @@ def run_graph(settings: Settings, info: FolderInfo) -> tuple[list[tuple], list[t
 
 def run_api_prompt(settings: Settings) -> dict:
     """The checked API prompt the app runs for a model folder (the folder must exist)."""
-    nodes, edges = run_graph(settings, folder_of(settings))
+    nodes, edges = run_graph(settings, checked_folder(settings))
     return check_api(api_from_graph(nodes, edges, settings.to_dict(), spec_of), SPECS)
 
 
@@ -151,7 +161,7 @@ def loader_nodes(info: FolderInfo, settings: Settings) -> tuple[list[tuple], lis
 
 def export_graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
     """The ComfyUI graph of a model folder's settings (core loaders, the pack's sampling nodes)."""
-    info = folder_of(settings)
+    info = checked_folder(settings)
     if info.two_experts:
         raise WorkflowError(f"{info.name} is a two-expert Wan 2.2 folder (transformer and transformer_2): its ComfyUI "
                             "export is not supported (TurboSample Sample runs one model); single-transformer Wan "

@@ -64,7 +64,7 @@ def calibrate_model(model, positive, negative, latent_image, sampler, sigmas, se
         cal = calibrate(model, positive, negative, latent, sampler, sigmas.float(), seed, cfg,
                         {"shape": list(latent.shape)})
     except UnsupportedModel as exc:
-        raise NodeInputError(f"MagCache: {exc}") from None
+        raise NodeInputError(str(exc)) from None
     return (str(save_calibration(cal, calibration_path(filename, f"{cal.model_id}_{steps}steps"))),)
 
 

@@ -127,7 +127,7 @@ def sd15(prediction: str = "epsilon"):
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       prediction_type=prediction)
+                                       prediction_type=prediction, timestep_spacing="leading", steps_offset=1)
     return StableDiffusionPipeline(unet=unet(8, False), scheduler=scheduler, vae=image_vae(4, False),
                                    text_encoder=clip_text(8, seed=3), tokenizer=clip_tokenizer(), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -136,7 +136,8 @@ def sd15(prediction: str = "epsilon"):
 def sdxl():
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)
     return StableDiffusionXLPipeline(unet=unet(16, True), scheduler=scheduler, vae=image_vae(4, False),
                                      text_encoder=clip_text(8, seed=3), tokenizer=clip_tokenizer(),
                                      text_encoder_2=clip_text(8, True, 4), tokenizer_2=clip_tokenizer())

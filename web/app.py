@@ -21,7 +21,7 @@ from ..nodes.media import VIDEO_SUFFIXES
 from ..nodes.pipeline import generate, save_png, settings_from_file
 from ..nodes.settings_params import HELP, LABELS, setting_params
 from ..nodes.spec import NodeInputError, Param
-from ..nodes.txt2img import Settings, to_api_prompt, to_ui_workflow
+from ..nodes.txt2img import Settings, run_prompt, to_api_prompt, to_ui_workflow
 from ..nodes.workflow import WorkflowError
 from ..samplers.registry import SAMPLERS, is_cfg_pp
 
@@ -90,7 +90,7 @@ def settings_from_values(values: list) -> Settings:
             value = int(value)
         checked[setting] = p.coerce(value, where=LABELS.get(setting, p.title))
     settings = Settings.from_dict(checked)
-    to_api_prompt(settings)  # whole-graph check before any work starts
+    run_prompt(settings)  # whole-graph check (a model folder's sizes too) before any work starts
     return settings
 
 
