@@ -15,7 +15,7 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from tiny_pipelines import FAMILIES, write  # noqa: E402
+from tiny_pipelines import FAMILIES  # noqa: E402
 
 from turbosample.cli import main  # noqa: E402
 from turbosample.models import diffusers_folder  # noqa: E402
@@ -36,13 +36,6 @@ from turbosample.samplers.registry import SAMPLERS  # noqa: E402
 from turbosample.samplers.run import sample  # noqa: E402
 
 SIZE = 32  # pixels: a 4x4 latent (VAE factor 8)
-
-
-@pytest.fixture(scope="session")
-def model_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write(root)
-    return root
 
 
 @pytest.fixture()
