@@ -13,7 +13,6 @@ from .spec import NodeInputError, NodeSpec, Output, Param
 CATEGORY = "TurboSample/model folder"
 PIPELINE = "TURBOSAMPLE_PIPELINE"  # a loaded pipeline folder: its text encoders and VAE
 MAX_SIDE = 8192
-RUN_OPTIONS = {"device": "auto", "dtype": "auto", "offload": False}
 
 
 def load_folder_model(model_name: str, flow_shift: float, width: int, height: int, device: str = "auto",

@@ -366,3 +366,56 @@ def test_folder_names_never_leave_the_models_folder(models):
     with pytest.raises(ModelFolderError, match="model folder 'gone' was not found: looked in the models folder"):
         model_folders.resolve("gone")
     assert model_folders.available() == sorted(FAMILIES)
+
+
+EXPORTS = {
+    "sd3": {"CheckpointLoaderSimple", "TripleCLIPLoader", "ModelSamplingSD3", "EmptySD3LatentImage", "SaveImage"},
+    "sd35": {"CheckpointLoaderSimple", "TripleCLIPLoader", "ModelSamplingSD3", "EmptySD3LatentImage"},
+    "flux_dev": {"UNETLoader", "DualCLIPLoader", "VAELoader", "ModelSamplingFlux", "FluxGuidance", "EmptySD3LatentImage"},
+    "flux_schnell": {"UNETLoader", "DualCLIPLoader", "VAELoader", "ModelSamplingFlux"},
+    "sd15": {"CheckpointLoaderSimple", "ModelSamplingDiscrete", "EmptyLatentImage"},
+    "sd2_v": {"CheckpointLoaderSimple", "ModelSamplingDiscrete", "EmptyLatentImage"},
+    "sdxl": {"CheckpointLoaderSimple", "ModelSamplingDiscrete", "EmptyLatentImage"},
+    "wan21": {"UNETLoader", "CLIPLoader", "VAELoader", "ModelSamplingSD3", "EmptyHunyuanLatentVideo",
+              "SaveAnimatedWEBP"},
+}
+
+
+@pytest.mark.parametrize("name", list(EXPORTS))
+def test_the_comfyui_export_uses_core_loaders_and_reads_back(models, name):
+    from turbosample.nodes.folder_graph import folder_of
+    from turbosample.nodes.txt2img import Settings, settings_from_api, to_api_prompt, to_ui_workflow
+    from turbosample.nodes.workflow import to_api, ui_to_api
+
+    info = folder_of(name)
+    unet = info.family in ("sd", "sdxl")
+    accelerators = {"loop_accelerator": "dualfast"} if unet else {"magcache_threshold": 0.2, "ras_ratio": 0.5}
+    video = {"frames": 9} if info.video else {}  # image models have no frame count in their graph
+    settings = Settings(**{**info.defaults(), "width": 64, "height": 48, "flow_shift": 2.0, **video},
+                        model=name, prompt="a red fox", negative_prompt="blurry", seed=4, **accelerators)
+    api = to_api_prompt(settings)
+    classes = {node["class_type"] for node in api.values()}
+    assert EXPORTS[name] <= classes and "TurboSampleSample" in classes
+    assert not {c for c in classes if c.startswith("TurboSampleFolder")}  # the app's own nodes stay in the app
+    if not unet:  # MagCache is calibrated on the model first (in ComfyUI: its cache keeps the file)
+        assert {"TurboSampleMagCacheCalibrateModel", "TurboSampleMagCache", "TurboSampleRAS"} <= classes
+    loader = next(n for n in api.values() if n["class_type"] in ("CheckpointLoaderSimple", "UNETLoader"))
+    assert f"{name}.safetensors" in loader["inputs"].values()  # the model file is named after the folder
+    if name == "flux_schnell":  # a constant shift s is ModelSamplingFlux with mu = ln s
+        flux = next(n for n in api.values() if n["class_type"] == "ModelSamplingFlux")["inputs"]
+        assert flux["max_shift"] == flux["base_shift"] == pytest.approx(np.log(2.0))
+    constant_shift = info.prediction == "flow" and info.dynamic_shift is None  # else the shift is not a setting
+    expected = settings if constant_shift else Settings(**{**settings.to_dict(), "flow_shift": info.flow_shift})
+    assert settings_from_api(to_api(api)) == expected
+    assert settings_from_api(ui_to_api(to_ui_workflow(settings))) == expected
+
+
+def test_a_two_expert_wan_has_no_comfyui_export_but_its_videos_carry_their_settings(models):
+    from turbosample.nodes.pipeline import metadata
+    from turbosample.nodes.txt2img import Settings, to_api_prompt
+    from turbosample.nodes.workflow import WorkflowError
+
+    settings = Settings(model="wan22", width=32, height=32, frames=5)
+    with pytest.raises(WorkflowError, match="two-expert Wan 2.2 folder .* its ComfyUI export is not supported"):
+        to_api_prompt(settings)
+    assert set(metadata(settings)) == {"parameters"}
