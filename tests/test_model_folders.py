@@ -371,7 +371,8 @@ def test_folder_names_never_leave_the_models_folder(models):
 EXPORTS = {
     "sd3": {"CheckpointLoaderSimple", "TripleCLIPLoader", "ModelSamplingSD3", "EmptySD3LatentImage", "SaveImage"},
     "sd35": {"CheckpointLoaderSimple", "TripleCLIPLoader", "ModelSamplingSD3", "EmptySD3LatentImage"},
-    "flux_dev": {"UNETLoader", "DualCLIPLoader", "VAELoader", "ModelSamplingFlux", "FluxGuidance", "EmptySD3LatentImage"},
+    "flux_dev": {"UNETLoader", "DualCLIPLoader", "VAELoader", "ModelSamplingFlux", "FluxGuidance",
+                 "EmptySD3LatentImage"},
     "flux_schnell": {"UNETLoader", "DualCLIPLoader", "VAELoader", "ModelSamplingFlux"},
     "sd15": {"CheckpointLoaderSimple", "ModelSamplingDiscrete", "EmptyLatentImage"},
     "sd2_v": {"CheckpointLoaderSimple", "ModelSamplingDiscrete", "EmptyLatentImage"},
