@@ -200,3 +200,18 @@ def test_an_unregistered_model_is_told_how_to_register():
         transformer_parts(LabelDiT())
     with pytest.raises(UnsupportedModel, match="register_adapter"):
         apply_ras(DiffusionModel(LabelDiT(), FlowSampling()))
+
+
+def test_the_readme_example_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## Your own DiT", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    try:
+        exec(compile(code, "README.md (Your own DiT)", "exec"), namespace)
+    finally:
+        unregister_adapter("MyDiT")
+    image = namespace["image"]
+    assert image.shape == (2, 1, 16, 16) and torch.isfinite(image).all()
+    assert not torch.allclose(image[0], image[1])  # two seeds, two images
