@@ -55,10 +55,11 @@ def cfg_for_sampler(sampler: str, previous: str, cfg: float, default_cfg: float)
     return cfg, CFG_PP_INFO if is_cfg_pp(sampler) else HELP.get("cfg")
 
 
-def make_component(gr, setting: str, p: Param, value):
+def make_component(gr, setting: str, p: Param, value, **extra):
     """A Gradio control for one setting, with the declaration's range and tooltip and the app's default."""
     label = LABELS.get(setting, p.title)
-    common = {"label": label, "info": HELP.get(setting, p.tooltip) or None, "elem_id": setting, "value": value}
+    common = {"label": label, "info": HELP.get(setting, p.tooltip) or None, "elem_id": setting, "value": value,
+              **extra}
     if p.type == "STRING":
         return gr.Textbox(lines=2 if p.multiline else 1, **common)
     if p.type == "COMBO":
@@ -264,12 +265,26 @@ def on_model_input(model: str):
     return (*(defaults.get(s, gr.skip()) for s in MODEL_DEFAULTS), line)
 
 
-def model_line_of(model: str) -> str:
-    """The Model row's description (also after a workflow set the model; its own values stay)."""
+def model_view(model: str) -> tuple[str, bool, bool]:
+    """(the Model row's description, whether the model makes videos, whether it takes Flux's guidance)."""
+    from ..nodes.folder_graph import folder_of
+    from ..nodes.model_folders import BUILTIN
+
     try:
-        return model_defaults(model)[1]
+        line = model_defaults(model)[1]
+        info = None if model == BUILTIN else folder_of(model)
     except WorkflowError as exc:
-        return str(exc)
+        return str(exc), False, False
+    return line, bool(info and info.video), bool(info and info.guidance_embeds)
+
+
+def on_model_change(model: str):
+    """After the model changed (picked, or set by a loaded workflow): its line; Frames, Flux guidance and the video
+    player shown only where they apply (values stay)."""
+    import gradio as gr
+
+    line, video, guidance = model_view(model)
+    return line, gr.update(visible=video), gr.update(visible=guidance), gr.update(visible=video)
 
 
 MODEL_DEFAULTS = ("width", "height", "steps", "cfg", "flow_shift", "frames", "guidance")
@@ -304,10 +319,12 @@ def build_demo(model: str | None = None, options=None):
         components = {}
         with gr.Row():
             with gr.Column(scale=1):
+                line, shows_video, shows_guidance = model_view(defaults["model"])
+                components["model"] = make_component(gr, "model", params["model"], defaults["model"])
+                model_line = gr.Markdown(line, elem_id="model_info")
                 with gr.Row():
-                    for s in MODEL_SETTINGS:
-                        components[s] = make_component(gr, s, params[s], defaults[s])
-                model_line = gr.Markdown(model_defaults(defaults["model"])[1], elem_id="model_info")
+                    for s, visible in (("frames", shows_video), ("guidance", shows_guidance)):
+                        components[s] = make_component(gr, s, params[s], defaults[s], visible=visible)
                 with gr.Accordion("Device", open=False):
                     controls = run_controls(gr, options)
                 for s in MAIN:
@@ -334,7 +351,8 @@ def build_demo(model: str | None = None, options=None):
                                    height=288)
                 gallery = gr.Gallery(label="Images", format="png", columns=4, elem_id="gallery")
                 status = gr.Textbox(label="Status", interactive=False, elem_id="status")
-                video = gr.Video(label="Video", elem_id="video", interactive=False, autoplay=True, loop=True)
+                video = gr.Video(label="Video", elem_id="video", interactive=False, autoplay=True, loop=True,
+                                 visible=shows_video)
                 last_png = gr.File(label="PNG or video with workflow", elem_id="png_file")
                 schedule = gr.Image(label="Schedule (sigma against step)", type="pil", elem_id="schedule_plot",
                                     interactive=False, height=240,
@@ -355,7 +373,9 @@ def build_demo(model: str | None = None, options=None):
         components["model"].input(on_model_input, components["model"],
                                   [*(components[s] for s in MODEL_DEFAULTS), model_line], api_name="model_changed",
                                   queue=False)
-        components["model"].change(model_line_of, components["model"], model_line, api_name=False, queue=False)
+        components["model"].change(on_model_change, components["model"],
+                                   [model_line, components["frames"], components["guidance"], video], api_name=False,
+                                   queue=False)
         plot_inputs = [components[s] for s in ("scheduler", "steps", "flow_shift", "denoise")]
         for control in plot_inputs:
             control.change(schedule_preview, plot_inputs, schedule, api_name=False, queue=False)
