@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -17,6 +18,15 @@ from turbosample.nodes.pipeline import settings_from_file  # noqa: E402
 from turbosample.web.app import ORDER, build_demo  # noqa: E402
 
 RUN = ["cpu", "bf16", False]  # device, precision, offload
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: torch's thread pool only adds overhead here (a lot on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def values(**overrides):
