@@ -145,8 +145,8 @@ def output_target(spec: str, video: bool) -> Path:
 def run_generate(args: argparse.Namespace) -> int:
     import json
 
+    from .nodes.app_graph import to_ui_workflow
     from .nodes.pipeline import generate, group_frames, is_video, save_output
-    from .nodes.txt2img import to_ui_workflow
 
     settings = settings_from_args(args)
     options = run_options(args)

@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from .adapter import TransformerParts, UnsupportedModel
 from .diffusers_ras import WanRoutedProcessor, routed_run_block
 from .kv_cache import gather_dim
+from .parts import TransformerParts, UnsupportedModel
 
 Context = Mapping[str, torch.Tensor] | torch.Tensor
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .adapter import AttentionFn, UnsupportedModel
+from .parts import AttentionFn, UnsupportedModel
 
 
 def apply_rope(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -225,6 +225,21 @@ def magcache_forward(parts: TransformerParts, settings: MagCacheSettings, x: tor
     return runner.finish(out, head) if runner is not None else head
 
 
+@dataclass(frozen=True)
+class MagCacheRun:
+    """What a MagCache wrapper carries, and what a stacked RAS wrapper calls to let MagCache decide each step
+    (RAS never imports this module: it calls ``run`` on the object it is handed)."""
+
+    settings: MagCacheSettings
+    curve_for: Callable[[torch.Tensor], MagCacheSettings] | None = None
+    record: list | None = None
+
+    def run(self, parts: TransformerParts, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+            options: dict, fallback: Callable[[], torch.Tensor], runner: RASRunner | None = None) -> torch.Tensor:
+        return magcache_forward(parts, self.settings, x, timestep, context, options, fallback, self.curve_for,
+                                self.record, runner)
+
+
 def magcache_model(model, settings: MagCacheSettings, key: str = "magcache",
                    curve_for: Callable[[torch.Tensor], MagCacheSettings] | None = None, record: list | None = None):
     """A patched copy of a ``DiffusionModel`` running MagCache; raises UnsupportedModel before patching.
@@ -232,20 +247,11 @@ def magcache_model(model, settings: MagCacheSettings, key: str = "magcache",
     Stacks with RAS (either order): the block stack then runs through RAS's runner on the steps MagCache computes.
     """
     parts = transformer_parts(model.diffusion_model)
-    mine = (settings, curve_for, record)
+    mine = MagCacheRun(settings, curve_for, record)
 
     def wrapper(forward, x, timestep, context, options):
         ras_cfg = partner_settings(options, "ras")
         runner = ras_runner(parts, ras_cfg, x, options) if ras_cfg is not None else None
-        return magcache_call(parts, mine, x, timestep, context, options,
-                             lambda: forward(x, timestep, context, options), runner)
+        return mine.run(parts, x, timestep, context, options, lambda: forward(x, timestep, context, options), runner)
 
     return add_block_stack_wrapper(model, key, BlockStackWrapper("magcache", mine, wrapper))
-
-
-def magcache_call(parts: TransformerParts, mine: tuple, x: torch.Tensor, timestep: torch.Tensor,
-                  context: torch.Tensor, options: dict, fallback: Callable[[], torch.Tensor],
-                  runner: RASRunner | None = None) -> torch.Tensor:
-    """``magcache_forward`` with ``mine`` = (settings, curve_for, record), as carried by a MagCache wrapper."""
-    settings, curve_for, record = mine
-    return magcache_forward(parts, settings, x, timestep, context, options, fallback, curve_for, record, runner)

@@ -251,19 +251,17 @@ def ras_runner(parts: TransformerParts, cfg: RASConfig, x: torch.Tensor, options
 
 
 def ras_call(parts: TransformerParts, cfg: RASConfig, forward, x: torch.Tensor, timestep: torch.Tensor,
-             context: torch.Tensor, options: dict, magcache: tuple | None = None) -> torch.Tensor:
+             context: torch.Tensor, options: dict, magcache=None) -> torch.Tensor:
     """One network call under RAS (the wrapper body); ``forward`` is used outside sampling runs only.
 
-    ``magcache`` (settings of a MagCache wrapper stacked on the same model) lets MagCache decide whether the
-    stack runs at all (``accel.magcache.magcache_call``).
+    ``magcache`` (what a MagCache wrapper stacked on the same model carries, ``accel.magcache.MagCacheRun``) lets
+    MagCache decide whether the stack runs at all: its ``run`` is called with RAS's block-stack runner.
     """
     check_one_sigma(options, "RAS")
     runner = ras_runner(parts, cfg, x, options)
     fallback = partial(forward, x, timestep, context, options)
     if magcache is not None:
-        from .magcache import magcache_call
-
-        return magcache_call(parts, magcache, x, timestep, context, options, fallback, runner)
+        return magcache.run(parts, x, timestep, context, options, fallback, runner)
     if runner is None:
         return fallback()
     tokens, c, grid = parts.embed(x, timestep, context)

@@ -29,6 +29,11 @@ PARAPHRASES = {"kitty": "cat face", "a red apple": "red apple", "pizza": "slice 
                "happy smiling face": "smiling face with smiling eyes", "flag of japan": "japan flag",
                "a rocket ship": "rocket", "sad face": "disappointed face", "puppy": "dog face",
                "big red heart": "heavy black heart", "sunflower": "sunflower"}
+# a second set in phrasings unlike the training templates ("{}", "a {}", "{} emoji", "an image of {}")
+PARAPHRASES_MORE = {"crying": "crying face", "froggy": "frog face", "a robot head": "robot face",
+                    "thumbs-up": "thumbs up sign", "sliced watermelon": "watermelon", "yellow banana": "banana",
+                    "little ghost": "ghost", "snowman in winter": "snowman", "full moon": "full moon symbol",
+                    "piggy face": "pig face"}
 
 
 def time_default(runs: int) -> dict:
@@ -67,6 +72,7 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
     names = [prompts[i][0] for i in picks]
     first = {variants[0]: i for i, variants in reversed(list(enumerate(prompts)))}
     para = [(p, first[t]) for p, t in PARAPHRASES.items() if t in first]
+    more = [(p, first[t]) for p, t in PARAPHRASES_MORE.items() if t in first]
     rows = []
     for size in sizes:
         for cfg, shift in [(c, s) for s in shifts for c in cfgs]:
@@ -74,11 +80,14 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
             ranks = rank_of_targets(images, generate_batch(names, cfg, steps, size, seed, shift), picks)
             para_ranks = rank_of_targets(images, generate_batch([p for p, _ in para], cfg, steps, size, seed, shift),
                                          [t for _, t in para])
+            more_ranks = rank_of_targets(images, generate_batch([p for p, _ in more], cfg, steps, size, seed, shift),
+                                         [t for _, t in more])
             rows.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps, "n": n,
                          "top1": sum(r == 0 for r in ranks) / n, "top10": sum(r < 10 for r in ranks) / n,
                          "median_rank": statistics.median(ranks),
                          "paraphrase_top10": sum(r < 10 for r in para_ranks) / len(para),
                          "paraphrase_median_rank": statistics.median(para_ranks), "n_paraphrase": len(para),
+                         "paraphrase2_top10": sum(r < 10 for r in more_ranks) / len(more), "n_paraphrase2": len(more),
                          "seconds": round(time.perf_counter() - start, 1)})
             print(json.dumps(rows[-1]), flush=True)
     return rows

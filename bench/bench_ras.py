@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python bench/bench_ras.py --prompts 4 --ratios 0.75 0.5 0.25
     OMP_NUM_THREADS=1 python bench/bench_ras.py --starvation-study
+    OMP_NUM_THREADS=1 python bench/bench_ras.py --cache-study      # the int8 (low-memory) K/V cache's fidelity cost
 
 Times are wall-clock seconds per image (run it on an otherwise idle machine).
 Every row uses the same prompts, seeds, schedule (simple), sampler (euler) and CFG; the reference is the plain
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timing rounds (methods alternate; medians)")
     ap.add_argument("--starvation-study", action="store_true",
                     help="compare the starvation directions and scales at sample_ratio 0.5 instead")
+    ap.add_argument("--cache-study", action="store_true",
+                    help="fidelity of the int8 K/V cache against the full one at each ratio instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -60,6 +63,19 @@ def main() -> None:
             imgs, t = generate(patched, EULER, args.steps, conds, args.size, args.cfg)
             psnr, ssim, lp = score(imgs, refs)
             print(f"| {mode if scale else '-'} | {scale} | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {t:.3f} |")
+        return
+
+    if args.cache_study:
+        print("| RAS ratio | K/V cache | PSNR dB | SSIM | LPIPS | vs full cache: PSNR dB |\n"
+              "| --- | --- | --- | --- | --- | --- |")
+        for ratio in args.ratios:
+            full, _ = generate(apply_ras(model, sample_ratio=ratio), EULER, args.steps, conds, args.size, args.cfg)
+            small, _ = generate(apply_ras(model, sample_ratio=ratio, kv_cache="int8"), EULER, args.steps, conds,
+                                args.size, args.cfg)
+            for name, imgs in (("full", full), ("int8", small)):
+                psnr, ssim, lp = score(imgs, refs)
+                vs_full = "-" if name == "full" else f"{score(imgs, full)[0]:.2f}"
+                print(f"| {ratio} | {name} | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {vs_full} |")
         return
 
     patched = {ratio: apply_ras(model, sample_ratio=ratio) for ratio in args.ratios}

@@ -163,7 +163,8 @@ def runs(name, s, model, t: Timer, rec, steps: int, step_est_s: float) -> None:
         if label.startswith(("ras", "magcache+ras")):
             from turbosample.accel.ras import BranchState
 
-            row["ras_cache_gib"] = round(ras_cache_bytes(state) / 2**30, 3)
+            row["ras_cache_bytes"] = ras_cache_bytes(state)
+            row["ras_cache_gib"] = round(row["ras_cache_bytes"] / 2**30, 3)
             graphs = [st.graph for st in state.values() if isinstance(st, BranchState)]
             if graphs and label.endswith("cuda_graph"):
                 row["cuda_graph_replays"] = sum(g.replays for g in graphs)
@@ -191,9 +192,9 @@ def run(args, rec) -> None:
                       params_m=round(sum(p.numel() for p in net.parameters()) / 1e6, 1), peak_gib=t.peak_gib(),
                       latent=list(s.latent), text_tokens=s.text_tokens, image_tokens=s.image_tokens)
             batch = 1 if s.guidance is not None else 2
-            rec.write(section="tables", model=name, config="ras_cache_formula", batch=batch,
-                      gib=round(formula_bytes(s, net.transformer, batch, torch.finfo(dtype).bits // 8) / 2**30, 3),
-                      gib_int8=round(formula_bytes(s, net.transformer, batch, 1) / 2**30, 3))
+            formula = formula_bytes(s, net.transformer, batch, torch.finfo(dtype).bits // 8)
+            rec.write(section="tables", model=name, config="ras_cache_formula", batch=batch, bytes=formula,
+                      gib=round(formula / 2**30, 3))
             fwd = forwards(name, s, model, t, rec, args.repeats)
             steps = args.steps_wan if name == "wan" else args.steps
             runs(name, s, model, t, rec, steps, fwd["wrapper"] / 1e3)  # CFG branches run in one batched call

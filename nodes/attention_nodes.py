@@ -16,9 +16,10 @@ import logging
 from ..accel.adapter import UnsupportedModel
 from ..accel.attention import SETTINGS, AttentionBackendError, apply_attention_backend, resolve_backend
 from ..samplers.denoiser import DiffusionModel
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 
-CATEGORY = "TurboSample/accelerate"
+CATEGORY = categories.ACCELERATORS
 COMFY_NAMES = {"sdpa": "pytorch", "xformers": "xformers"}
 OVERRIDE_KEY = "optimized_attention_override"
 logger = logging.getLogger("turbosample.attention")
@@ -95,7 +96,7 @@ def comfy_patch_attention(model, backend: str) -> tuple:
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleAttentionBackend", "TurboSample attention backend", CATEGORY,
+    NodeSpec("TurboSampleAttentionBackend", "TurboSample Attention Backend", CATEGORY,
              "Chooses the attention kernel of a MODEL: auto (xformers only if it works on this device and is "
              "faster than SDPA), sdpa (torch), or xformers (error if unusable). Composes with other attention "
              "overrides.",

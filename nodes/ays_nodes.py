@@ -7,6 +7,7 @@ import torch
 from ..samplers.ays_optimize import DEFAULTS, ays_for_model, ays_optimize
 from ..samplers.model_sampling import is_flow
 from ..samplers.schedulers import karras, simple
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 
 
@@ -53,7 +54,7 @@ def comfy_ays_opt_sigmas(model, positive, negative, latent_image, seed: int, cfg
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleAYSOptimizeScheduler", "TurboSample AYS Optimize Scheduler", "TurboSample",
+    NodeSpec("TurboSampleAYSOptimizeScheduler", "TurboSample AYS Optimize Scheduler", categories.SCHEDULERS,
              "Align Your Steps optimizer (Sabour et al. 2024): fits `steps` noise levels to this model, prompt and "
              "CFG by minimising a Monte-Carlo KL upper bound on samples the model makes itself (about "
              "batch x (47 + mc_points + 96) model calls, once).",

@@ -9,10 +9,9 @@ from ..samplers.denoiser import DiffusionModel, model_sampling_of
 from ..samplers.model_sampling import FlowSampling
 from ..samplers.registry import SAMPLERS, get_sampler
 from ..samplers.schedulers import SCHEDULERS, compute_sigmas
-from . import comfy_impl
+from . import categories, comfy_impl
 from .spec import NodeInputError, NodeSpec, Output, Param
 
-CATEGORY = "TurboSample"
 PATCH = 4
 MAX_SIZE = 256
 
@@ -88,40 +87,40 @@ def decode(samples: dict) -> tuple:
 SEED = Param("seed", "INT", 0, 0, 2**64 - 1, seed=True, tooltip="Noise seed; the same seed gives the same image.")
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleBuiltinModelLoader", "TurboSample Built-in Model", CATEGORY,
+    NodeSpec("TurboSampleBuiltinModelLoader", "TurboSample Built-in Model", categories.BUILTIN_MODEL,
              "Loads the built-in emoji DiT (rectified flow, trained by this project, no download).",
              (Param("flow_shift", "FLOAT", 1.0, 0.1, 20.0, 0.05,
                     tooltip="Constant SD3-style timestep shift; > 1 spends more steps at high noise."),),
              (Output("MODEL", "MODEL"),), load_builtin_model, comfy_fn=comfy_impl.load_builtin_model),
-    NodeSpec("TurboSampleBuiltinTextEncode", "TurboSample Built-in Text Encode", CATEGORY,
+    NodeSpec("TurboSampleBuiltinTextEncode", "TurboSample Built-in Text Encode", categories.BUILTIN_MODEL,
              "Encodes a prompt for the built-in model; an empty prompt is the CFG null condition.",
              (Param("text", "STRING", "", multiline=True, tooltip="Prompt, e.g. an emoji name."),),
              (Output("CONDITIONING", "CONDITIONING"),), encode_text),
-    NodeSpec("TurboSampleEmptyLatent", "TurboSample Empty Latent", CATEGORY,
+    NodeSpec("TurboSampleEmptyLatent", "TurboSample Empty Latent", categories.BUILTIN_MODEL,
              "An empty pixel-space latent for the built-in model.",
              (Param("width", "INT", DEFAULT_SIZE, PATCH * 4, MAX_SIZE, PATCH, tooltip="Width in pixels."),
               Param("height", "INT", DEFAULT_SIZE, PATCH * 4, MAX_SIZE, PATCH, tooltip="Height in pixels."),
               Param("batch_size", "INT", 1, 1, 64, tooltip="Images per run.")),
              (Output("LATENT", "LATENT"),), empty_latent),
-    NodeSpec("TurboSampleSamplerSelect", "TurboSample Sampler", CATEGORY,
+    NodeSpec("TurboSampleSamplerSelect", "TurboSample Sampler", categories.SAMPLING,
              "Chooses a sampler (SAMPLER for SamplerCustom/SamplerCustomAdvanced).",
              (Param("sampler_name", "COMBO", "euler", choices=lambda: list(SAMPLERS),
                     tooltip="Sampling method; the label shows model calls per step."),),
              (Output("SAMPLER", "SAMPLER"),), select_sampler, comfy_fn=comfy_impl.select_sampler),
-    NodeSpec("TurboSampleScheduler", "TurboSample Scheduler", CATEGORY,
+    NodeSpec("TurboSampleScheduler", "TurboSample Scheduler", categories.SCHEDULERS,
              "Sigma schedule for a model (SIGMAS).",
              (Param("model", "MODEL"),
               Param("scheduler", "COMBO", "simple", choices=lambda: list(SCHEDULERS), tooltip="Schedule shape."),
               Param("steps", "INT", 28, 1, 1000, tooltip="Sampling steps."),
               Param("denoise", "FLOAT", 1.0, 0.01, 1.0, 0.01, tooltip="Fraction of the schedule to run.")),
              (Output("SIGMAS", "SIGMAS"),), schedule),
-    NodeSpec("TurboSampleSample", "TurboSample Sample", CATEGORY,
+    NodeSpec("TurboSampleSample", "TurboSample Sample", categories.SAMPLING,
              "Samples a latent with classifier-free guidance.",
              (Param("model", "MODEL"), Param("positive", "CONDITIONING"), Param("negative", "CONDITIONING"),
               Param("sampler", "SAMPLER"), Param("sigmas", "SIGMAS"), Param("latent_image", "LATENT"), SEED,
               Param("cfg", "FLOAT", 4.0, 0.0, 30.0, 0.1, tooltip="Classifier-free guidance scale (1 = off).")),
              (Output("LATENT", "LATENT"),), sample, comfy_fn=comfy_impl.sample),
-    NodeSpec("TurboSampleDecode", "TurboSample Decode", CATEGORY,
+    NodeSpec("TurboSampleDecode", "TurboSample Decode", categories.BUILTIN_MODEL,
              "Turns the built-in model's pixel-space latent into an IMAGE.",
              (Param("samples", "LATENT"),), (Output("IMAGE", "IMAGE"),), decode),
 )

@@ -35,7 +35,7 @@ def roles_of(model) -> dict[str, Any]:
     return roles
 
 
-def stacked_wrapper(magcache: tuple, ras_cfg, run_state_option: str):
+def stacked_wrapper(magcache, ras_cfg, run_state_option: str):
     """The ``DIFFUSION_MODEL`` wrapper running MagCache's skip rule around RAS's sparse block stack."""
     from ..accel.ras import ras_call, ras_parts
 

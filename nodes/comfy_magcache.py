@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from ..accel import comfy_native
 from ..accel.adapter import UnsupportedModel, transformer_parts
-from ..accel.magcache import MagCacheSettings, magcache_forward
+from ..accel.magcache import MagCacheRun, MagCacheSettings, magcache_forward
 from .comfy_block_stack import MAGCACHE_KEY, replace_block_stack_wrappers, roles_of, stacked_wrapper, tagged
 
 WRAPPER_KEY = MAGCACHE_KEY
@@ -56,7 +56,7 @@ def diffusion_model_wrapper(settings: MagCacheSettings, curve_for: Callable | No
         return magcache_forward(transformer_parts(executor.class_obj), settings, x, timestep, context, options,
                                 plain, curve_for)
 
-    return tagged(wrapper, {"magcache": (settings, curve_for, None)})
+    return tagged(wrapper, {"magcache": MagCacheRun(settings, curve_for)})
 
 
 def run_data(transformer_options: dict) -> dict | None:
@@ -131,7 +131,7 @@ def patch_model_patcher(model, settings: MagCacheSettings, curve_for: Callable |
     if comfy_native.is_native(diffusion_model):
         return patch_native(model, settings, curve_for)
     ras_cfg = roles_of(model).get("ras")  # the built-in model with RAS on it: one wrapper runs both
-    wrapper = (stacked_wrapper((settings, curve_for, None), ras_cfg, RUN_STATE_OPTION) if ras_cfg is not None
+    wrapper = (stacked_wrapper(MagCacheRun(settings, curve_for), ras_cfg, RUN_STATE_OPTION) if ras_cfg is not None
                else diffusion_model_wrapper(settings, curve_for))
     patched = model.clone()
     patched.remove_wrappers_with_key(pe.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY)  # applying twice replaces

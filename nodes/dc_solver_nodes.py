@@ -15,7 +15,6 @@ from ..samplers.dc_calibration import (
     CPR_FORMAT,
     DEFAULTS,
     calibrate,
-    calibrate_for_model,
     load_calibration,
     load_cpr,
     model_id_of,
@@ -24,11 +23,9 @@ from ..samplers.dc_calibration import (
 )
 from ..samplers.dc_solver import sample_dc_solver
 from ..samplers.registry import SamplerInfo
-from ..samplers.schedulers import SCHEDULERS, compute_sigmas
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 from .user_files import output_path, user_dir
-
-CATEGORY = "TurboSample/accelerators"
 
 
 def calibration_dir() -> Path:
@@ -43,38 +40,52 @@ def resolve_path(spec: str) -> Path:
     return path if path.is_absolute() or path.exists() else calibration_dir() / path
 
 
+MIN_STEPS, MAX_STEPS = 3, 60
+
+
 def _write(record: dict, filename: str) -> tuple:
-    default = (f"dc_solver_{record['model_id'].replace(':', '_')}_{record['scheduler']}_"
-               f"{record['steps']}steps_cfg{record['cfg']:g}")
+    default = f"dc_solver_{record['model_id'].replace(':', '_')}_{record['steps']}steps_cfg{record['cfg']:g}"
     return (str(save_calibration(output_path(calibration_dir(), filename, default, ".json"), record)),)
 
 
-def dc_calibrate(model, positive, negative, latent_image, seed: int, cfg: float, steps: int, scheduler: str,
-                 samples: int, filename: str) -> tuple:
-    """Stand-alone: calibrate our DiffusionModel and write the JSON; returns its path."""
-    from ..samplers.denoiser import DiffusionModel
+def calibration_sigmas(sigmas) -> torch.Tensor:
+    """The SIGMAS the ratios are calibrated for (the run's own), checked: 3-60 steps."""
+    sigmas = torch.as_tensor(sigmas).float().cpu().flatten()
+    steps = len(sigmas) - 1
+    if not MIN_STEPS <= steps <= MAX_STEPS:
+        raise NodeInputError(f"DC-Solver Calibrate: the SIGMAS have {steps} steps; it calibrates runs of "
+                             f"{MIN_STEPS} to {MAX_STEPS} steps")
+    return sigmas
+
+
+def dc_calibrate(model, positive, negative, latent_image, sigmas, seed: int, cfg: float, samples: int,
+                 filename: str) -> tuple:
+    """Stand-alone: calibrate our DiffusionModel for these SIGMAS and write the JSON; returns its path."""
+    from ..samplers.denoiser import DiffusionModel, cfg_denoiser
+    from ..samplers.noise import noisy_start, seeded_noise
 
     if not isinstance(model, DiffusionModel):
         raise NodeInputError("TurboSample DC-Solver Calibrate outside ComfyUI takes the built-in model")
+    sigmas = calibration_sigmas(sigmas)
+    device = next(model.diffusion_model.parameters()).device
+    noise = seeded_noise(seed, (int(samples), *latent_image["samples"].shape[1:]), device=device)
+    x_T = noisy_start(model.model_sampling, sigmas[0].to(device), noise)
+    denoiser = cfg_denoiser(model, positive, negative, cfg, {"sample_sigmas": sigmas.to(device), "run_state": {}})
     try:
-        record = calibrate_for_model(model, positive, negative, cfg, steps, tuple(latent_image["samples"].shape),
-                                     samples=samples, seed=seed, scheduler=scheduler)
+        found = calibrate(denoiser, x_T, sigmas.to(device))
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
-    return _write(record, filename)
+    return _write({**found, "model_id": model_id_of(model), "cfg": float(cfg), "samples": int(samples),
+                   "seed": int(seed)}, filename)
 
 
-def comfy_dc_calibrate(model, positive, negative, latent_image, seed: int, cfg: float, steps: int, scheduler: str,
-                       samples: int, filename: str) -> tuple:
-    """ComfyUI: the calibration runs inside ComfyUI's CFG guider on ComfyUI's own schedule of that name."""
+def comfy_dc_calibrate(model, positive, negative, latent_image, sigmas, seed: int, cfg: float, samples: int,
+                       filename: str) -> tuple:
+    """ComfyUI: the calibration runs inside ComfyUI's CFG guider on the connected SIGMAS."""
     import comfy.sample
     import comfy.samplers
 
-    ms = model.get_model_object("model_sampling")
-    if scheduler in comfy.samplers.SCHEDULER_NAMES:
-        sigmas = comfy.samplers.calculate_sigmas(ms, scheduler, steps).float().cpu()
-    else:
-        sigmas = compute_sigmas(ms, scheduler, steps).float().cpu()
+    sigmas = calibration_sigmas(sigmas)
     found: dict = {}
 
     def search(model_fn, x, sigmas_in, extra_args=None, callback=None, disable=None):
@@ -91,8 +102,7 @@ def comfy_dc_calibrate(model, positive, negative, latent_image, seed: int, cfg: 
         guider.sample(noise, latent, comfy.samplers.KSAMPLER(search), sigmas, seed=seed)
     except ValueError as exc:
         raise NodeInputError(str(exc)) from None
-    found.update(model_id=model_id_of(model), cfg=float(cfg), scheduler=scheduler, samples=int(samples),
-                 seed=int(seed))
+    found.update(model_id=model_id_of(model), cfg=float(cfg), samples=int(samples), seed=int(seed))
     return _write(found, filename)
 
 
@@ -135,22 +145,23 @@ def comfy_dc_solver_sampler(model, calibration: str, cfg: float) -> tuple:
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleDCSolverCalibrate", "TurboSample DC-Solver Calibrate", CATEGORY,
+    NodeSpec("TurboSampleDCSolverCalibrate", "TurboSample DC-Solver Calibrate", categories.CALIBRATION,
              "DC-Solver (Zhao et al., ECCV 2024): finds one dynamic-compensation ratio per step for UniPC on this "
-             "model, prompt, CFG and schedule by matching a 200-step reference trajectory of `samples` noises "
-             "(about samples x (200 + 20 x steps) model calls, once). Writes JSON; returns its path.",
+             "model, prompt, CFG and the connected SIGMAS (steps come from them) by matching a 200-step reference "
+             "trajectory of `samples` noises (about samples x (200 + 20 x steps) model calls, once). Writes JSON; "
+             "returns its path.",
              (Param("model", "MODEL"), Param("positive", "CONDITIONING"), Param("negative", "CONDITIONING"),
               Param("latent_image", "LATENT", tooltip="Only its shape is used."),
+              Param("sigmas", "SIGMAS", tooltip="The schedule the DC-Solver run will use (connect the same "
+                                                "Scheduler output): its step count and sigmas are calibrated for; "
+                                                "the sampler refuses other sigmas. 3-60 steps."),
               Param("seed", "INT", 0, 0, 2**64 - 1, seed=True, tooltip="Noise of the calibration samples."),
               Param("cfg", "FLOAT", 4.0, 0.0, 30.0, 0.1, tooltip="Guidance the ratios are calibrated for."),
-              Param("steps", "INT", 6, 3, 60, tooltip="Steps (= model calls) the ratios are for."),
-              Param("scheduler", "COMBO", "simple", choices=lambda: list(SCHEDULERS),
-                    tooltip="Schedule the sampler will run on (the sampler refuses other sigmas)."),
               Param("samples", "INT", DEFAULTS["samples"], 1, 64, tooltip="Calibration samples (the paper uses 10)."),
               Param("filename", "STRING", "", tooltip="File name in the calibration folder; empty = derived from the "
                                                       "settings.")),
              (Output("calibration", "STRING"),), dc_calibrate, comfy_fn=comfy_dc_calibrate, output_node=True),
-    NodeSpec("TurboSampleDCSolverSampler", "TurboSample DC-Solver", CATEGORY,
+    NodeSpec("TurboSampleDCSolverSampler", "TurboSample DC-Solver", categories.SAMPLERS,
              "DC-Solver sampler: UniPC (one model call per step) with the compensation ratios of a DC-Solver "
              "Calibrate file; the run must use the model, step count and sigmas it was calibrated for. A CPR file "
              "(samplers/dc_calibration.py save_cpr) predicts ratios for any step count at the given cfg.",

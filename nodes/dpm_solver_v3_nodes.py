@@ -16,10 +16,9 @@ import torch
 from ..samplers.dpm_solver_v3 import MAX_ORDER, sample_dpm_solver_v3
 from ..samplers.ems import DEFAULTS, REDUCTIONS, estimate_ems, load_ems, model_id_of, prediction_of, save_ems
 from ..samplers.registry import SamplerInfo
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 from .user_files import output_path, user_dir
-
-CATEGORY = "TurboSample/samplers"
 
 
 def ems_dir() -> Path:
@@ -121,7 +120,7 @@ def comfy_v3_sampler(model, ems: str, order: int, use_corrector: bool, half: boo
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleDPMSolverV3EMS", "TurboSample DPM-Solver-v3 EMS", CATEGORY,
+    NodeSpec("TurboSampleDPMSolverV3EMS", "TurboSample DPM-Solver-v3 EMS", categories.CALIBRATION,
              "DPM-Solver-v3 (Zheng et al. 2023): computes the empirical model statistics l, s, b of this model, "
              "prompt and CFG on `batch` of its own ODE trajectories (grid_points x 3 model calls per sample, "
              "once); l is smoothed over log-SNR and s, b are left at 0 at the noisiest end, where a few samples "
@@ -141,7 +140,7 @@ NODES: tuple[NodeSpec, ...] = (
                     tooltip="s and b stay 0 within this log-SNR distance of the noisiest end; 0 = estimate them "
                             "everywhere.")),
              (Output("ems", "STRING"),), compute_ems, comfy_fn=comfy_compute_ems, output_node=True),
-    NodeSpec("TurboSampleDPMSolverV3Sampler", "TurboSample DPM-Solver-v3", CATEGORY,
+    NodeSpec("TurboSampleDPMSolverV3Sampler", "TurboSample DPM-Solver-v3", categories.SAMPLERS,
              "DPM-Solver-v3 multistep predictor-corrector (one model call per step) with the statistics of a "
              "DPM-Solver-v3 EMS file made for this model (refused for other weights or prediction types).",
              (Param("model", "MODEL", tooltip="Checked against the file's weights fingerprint."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..samplers.flow_shift import image_tokens, shifted_schedule
 from ..samplers.schedulers import SCHEDULERS
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 
 MODES = ("constant", "resolution")
@@ -26,7 +27,7 @@ def flow_shift_sigmas(scheduler: str, steps: int, denoise: float, mode: str, shi
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleFlowShiftScheduler", "TurboSample Flow-Shift Scheduler", "TurboSample",
+    NodeSpec("TurboSampleFlowShiftScheduler", "TurboSample Flow-Shift Scheduler", categories.SCHEDULERS,
              "SIGMAS for rectified-flow models (SD3, Flux, Wan, the built-in model): any schedule shape with a "
              "constant SD3-style shift or Flux's resolution-dependent shift.",
              (Param("scheduler", "COMBO", "simple", choices=lambda: list(SCHEDULERS), tooltip="Schedule shape."),

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from ..samplers.flowturbo import CALLS, DEFAULT_SCHEDULE, parse_schedule, sample_flowturbo
 from ..samplers.registry import SamplerInfo
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 
-CATEGORY = "TurboSample/accelerators"
+CATEGORY = categories.SAMPLERS
 
 
 COMPILE = {"auto": None, "on": True, "off": False}

@@ -18,14 +18,15 @@ import math
 import re
 
 from ..models.diffusers_folder import FolderInfo, ModelFolderError, inspect_folder, latent_shape
-from .comfy_core import COMFY_CORE
+from .core_specs import CORE_NODES
 from .folder_nodes import NODE_BY_ID as FOLDER_NODES
-from .model_folders import resolve
+from .graph_json import api_prompt, ui_workflow
+from .model_folders import BUILTIN, resolve
 from .registry import NODE_BY_ID
 from .txt2img import (
-    BUILTIN,
+    TITLES,
     Settings,
-    api_from_graph,
+    as_graph_nodes,
     check_same_nodes,
     graph,
     linked_node,
@@ -33,12 +34,13 @@ from .txt2img import (
     read_model_patches,
     read_sampling,
     sample_inputs,
-    ui_from_graph,
 )
 from .workflow import CORE_SINKS, WorkflowError, check_api
 
 ENDS = ("model", "positive", "negative", "latent", "decode", "save")
-SPECS = {**NODE_BY_ID, **FOLDER_NODES, **COMFY_CORE, **CORE_SINKS}
+SPECS = {**NODE_BY_ID, **FOLDER_NODES, **CORE_NODES, **CORE_SINKS}
+FLUX_TITLES = {"positive_text": "Positive prompt", "negative_text": "Negative prompt",
+               "positive": "Flux guidance (positive)", "negative": "Flux guidance (negative)"}
 FPS = 16.0  # Wan's frame rate
 # ComfyUI's usual file names for the parts a pipeline folder holds besides its denoiser
 TEXT_ENCODERS = {"sd3": ("TripleCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors",
@@ -50,10 +52,6 @@ LATENTS = {"sd3": "EmptySD3LatentImage", "flux": "EmptySD3LatentImage", "sd": "E
            "sdxl": "EmptyLatentImage", "wan": "EmptyHunyuanLatentVideo"}
 SIZE = {"width": "width", "height": "height", "batch_size": "batch_size"}
 VIDEO_SIZE = {**SIZE, "frames": "length"}
-
-
-def spec_of(class_type: str):
-    return SPECS[class_type]
 
 
 def folder_of(settings_or_name) -> FolderInfo:
@@ -90,8 +88,8 @@ def middle(settings: Settings, info: FolderInfo) -> tuple[list[tuple], list[tupl
              for src, slot, dst, name in edges]
     if any(n[0] == "magcache" for n in nodes):
         before = next(src for src, _slot, dst, name in edges if dst == "magcache" and name == "model")
-        nodes += [("calibration_sampler", "TurboSampleSamplerSelect", (800, 760), {}, {"sampler_name": "euler"}),
-                  ("magcache_calibration", "TurboSampleMagCacheCalibrateModel", (800, 420),
+        nodes += [("calibration_sampler", "TurboSampleSamplerSelect", 2, {}, {"sampler_name": "euler"}),
+                  ("magcache_calibration", "TurboSampleMagCacheCalibrateModel", 2,
                    {"seed": "seed", "cfg": "cfg"}, {"filename": calibration_file(settings, info)})]
         edges += [(before, 0, "magcache_calibration", "model"), ("positive", 0, "magcache_calibration", "positive"),
                   ("negative", 0, "magcache_calibration", "negative"),
@@ -107,13 +105,13 @@ def middle(settings: Settings, info: FolderInfo) -> tuple[list[tuple], list[tupl
 def run_graph(settings: Settings, info: FolderInfo) -> tuple[list[tuple], list[tuple]]:
     """The app's graph of a model folder: its own loader, prompts, latent and decode nodes around the middle."""
     nodes, edges = middle(settings, info)
-    ends = [("model", "TurboSampleFolderModel", (40, 60), {"model": "model_name", "flow_shift": "flow_shift",
-                                                            "width": "width", "height": "height"}, {}),
-            ("prompts", "TurboSampleFolderTextEncode", (40, 200),
+    ends = [("model", "TurboSampleFolderModel", 0, {"model": "model_name", "flow_shift": "flow_shift",
+                                                     "width": "width", "height": "height"}, {}),
+            ("prompts", "TurboSampleFolderTextEncode", 0,
              {"prompt": "text", "negative_prompt": "negative_text", "guidance": "guidance"}, {}),
-            ("latent", "TurboSampleFolderLatent", (40, 640), {**SIZE, "frames": "frames"}, {}),
-            ("decode", "TurboSampleFolderDecode", (1180, 60), {}, {}),
-            ("save", "SaveImage", (1420, 60), {"filename_prefix": "filename_prefix"}, {})]
+            ("latent", "TurboSampleFolderLatent", 0, {**SIZE, "frames": "frames"}, {}),
+            ("decode", "TurboSampleFolderDecode", 3, {}, {}),
+            ("save", "SaveImage", 3, {"filename_prefix": "filename_prefix"}, {})]
     remap = {"positive": ("prompts", 0), "negative": ("prompts", 1)}
     edges = [(*remap.get(src, (src, slot)), dst, name) for src, slot, dst, name in edges]
     edges += [("model", 1, "prompts", "pipeline"), ("model", 1, "latent", "pipeline"),
@@ -124,7 +122,7 @@ def run_graph(settings: Settings, info: FolderInfo) -> tuple[list[tuple], list[t
 def run_api_prompt(settings: Settings) -> dict:
     """The checked API prompt the app runs for a model folder (the folder must exist)."""
     nodes, edges = run_graph(settings, checked_folder(settings))
-    return check_api(api_from_graph(nodes, edges, settings.to_dict(), spec_of), SPECS)
+    return check_api(api_prompt(*as_graph_nodes(nodes, edges, settings.to_dict()), SPECS), SPECS)
 
 
 # --- the ComfyUI export ---------------------------------------------------------------------------------------
@@ -135,32 +133,32 @@ def loader_nodes(info: FolderInfo, settings: Settings) -> tuple[list[tuple], lis
     file = f"{info.name}.safetensors"
     family = info.family
     if family in ("sd3", "sd", "sdxl"):
-        nodes = [("checkpoint", "CheckpointLoaderSimple", (-380, 60), {}, {"ckpt_name": file})]
+        nodes = [("checkpoint", "CheckpointLoaderSimple", 0, {}, {"ckpt_name": file})]
         clip, vae = ("checkpoint", 1), ("checkpoint", 2)
     else:
         vae_file = ("wan2.2_vae.safetensors" if info.latent_channels == 48 else "wan_2.1_vae.safetensors") \
             if family == "wan" else "ae.safetensors"
-        nodes = [("checkpoint", "UNETLoader", (-380, 60), {}, {"unet_name": file}),
-                 ("vae", "VAELoader", (-380, 460), {}, {"vae_name": vae_file})]
+        nodes = [("checkpoint", "UNETLoader", 0, {}, {"unet_name": file}),
+                 ("vae", "VAELoader", 0, {}, {"vae_name": vae_file})]
         clip, vae = ("clip", 0), ("vae", 0)
     if family in TEXT_ENCODERS:
         class_type, files = TEXT_ENCODERS[family]
-        nodes.append(("clip", class_type, (-380, 260), {}, files))
+        nodes.append(("clip", class_type, 0, {}, files))
         clip = ("clip", 0)
     if family in ("sd3", "wan"):
-        nodes.append(("model", "ModelSamplingSD3", (40, 60), {"flow_shift": "shift"}, {}))
+        nodes.append(("model", "ModelSamplingSD3", 1, {"flow_shift": "shift"}, {}))
     elif family == "flux":  # a constant shift s is Flux's exponential shift with mu = ln s
         base, top = info.dynamic_shift[:2] if info.dynamic_shift else (math.log(settings.flow_shift),) * 2
-        nodes.append(("model", "ModelSamplingFlux", (40, 60), {"width": "width", "height": "height"},
+        nodes.append(("model", "ModelSamplingFlux", 1, {"width": "width", "height": "height"},
                       {"max_shift": top, "base_shift": base}))
     else:
-        nodes.append(("model", "ModelSamplingDiscrete", (40, 60), {},
+        nodes.append(("model", "ModelSamplingDiscrete", 1, {},
                       {"sampling": "eps" if info.prediction == "eps" else "v_prediction", "zsnr": False}))
     return nodes, [("checkpoint", 0, "model", "model")], clip, vae
 
 
-def export_graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
-    """The ComfyUI graph of a model folder's settings (core loaders, the pack's sampling nodes)."""
+def export_graph(settings: Settings) -> tuple[list[tuple], list[tuple], dict]:
+    """The ComfyUI graph of a model folder's settings (core loaders, the pack's sampling nodes), and node titles."""
     info = checked_folder(settings)
     if info.two_experts:
         raise WorkflowError(f"{info.name} is a two-expert Wan 2.2 folder (transformer and transformer_2): its ComfyUI "
@@ -168,40 +166,43 @@ def export_graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
                             "folders export")
     loaders, edges, clip, vae = loader_nodes(info, settings)
     nodes, middle_edges = middle(settings, info)
-    prompts = [("positive", (40, 200), "prompt"), ("negative", (40, 420), "negative_prompt")]
+    nodes = [(key, class_type, column + 1, mapping, fixed) for key, class_type, column, mapping, fixed in nodes]
     ends = []
-    for key, pos, setting in prompts:
+    for key, setting in (("positive", "prompt"), ("negative", "negative_prompt")):
         text_key = f"{key}_text" if info.guidance_embeds else key
-        ends.append((text_key, "CLIPTextEncode", pos, {setting: "text"}, {}))
+        ends.append((text_key, "CLIPTextEncode", 1, {setting: "text"}, {}))
         edges.append((*clip, text_key, "clip"))
         if info.guidance_embeds:
-            ends.append((key, "FluxGuidance", (40, pos[1] + 860), {"guidance": "guidance"}, {}))
+            ends.append((key, "FluxGuidance", 1, {"guidance": "guidance"}, {}))
             edges.append((text_key, 0, key, "conditioning"))
     if info.video and info.latent_channels == 48:
-        ends.append(("latent", "Wan22ImageToVideoLatent", (40, 640), VIDEO_SIZE, {}))
+        ends.append(("latent", "Wan22ImageToVideoLatent", 1, VIDEO_SIZE, {}))
         edges.append((*vae, "latent", "vae"))
     else:
-        ends.append(("latent", LATENTS[info.family], (40, 640), VIDEO_SIZE if info.video else SIZE, {}))
-    ends.append(("decode", "VAEDecode", (1180, 60), {}, {}))
+        ends.append(("latent", LATENTS[info.family], 1, VIDEO_SIZE if info.video else SIZE, {}))
+    ends.append(("decode", "VAEDecode", 4, {}, {}))
     edges.append((*vae, "decode", "vae"))
     if info.video:
-        ends.append(("save", "SaveAnimatedWEBP", (1420, 60), {"filename_prefix": "filename_prefix"},
+        ends.append(("save", "SaveAnimatedWEBP", 4, {"filename_prefix": "filename_prefix"},
                      {"fps": FPS, "lossless": False, "quality": 90}))
     else:
-        ends.append(("save", "SaveImage", (1420, 60), {"filename_prefix": "filename_prefix"}, {}))
-    return loaders + ends[:-2] + nodes + ends[-2:], edges + middle_edges
+        ends.append(("save", "SaveImage", 4, {"filename_prefix": "filename_prefix"}, {}))
+    titles = FLUX_TITLES if info.guidance_embeds else TITLES
+    return loaders + ends[:-2] + nodes + ends[-2:], edges + middle_edges, titles
 
 
 def export_api(settings: Settings) -> dict:
     """The ComfyUI API prompt of a model folder's settings."""
-    nodes, edges = export_graph(settings)
-    return check_api(api_from_graph(nodes, edges, settings.to_dict(), spec_of), SPECS)
+    nodes, edges, titles = export_graph(settings)
+    return check_api(api_prompt(*as_graph_nodes(nodes, edges, settings.to_dict(), titles), SPECS), SPECS)
 
 
 def export_ui(settings: Settings) -> dict:
     """The ComfyUI UI workflow of a model folder's settings (the settings themselves in ``extra.turbosample``)."""
-    nodes, edges = export_graph(settings)
-    return ui_from_graph(nodes, edges, export_api(settings), settings.to_dict(), spec_of)
+    export_api(settings)  # checked first
+    nodes, edges, titles = export_graph(settings)
+    return ui_workflow(*as_graph_nodes(nodes, edges, settings.to_dict(), titles), SPECS,
+                       {"turbosample": {"settings": settings.to_dict()}})
 
 
 # --- reading an export back -----------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from ..samplers import churn, momentum, time_shift
 from ..samplers.registry import SAMPLERS, SamplerInfo
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 
-CATEGORY = "TurboSample/samplers"
+CATEGORY = categories.SAMPLERS
 
 
 def churn_info(method: str, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float) -> SamplerInfo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..samplers.gits import DEFAULT_COEFF, default_fine_sigmas, gits_for_model, gits_schedule
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 
 
@@ -49,7 +50,7 @@ def comfy_gits_sigmas(model, positive, negative, latent_image, seed: int, cfg: f
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleGITSScheduler", "TurboSample GITS Scheduler", "TurboSample",
+    NodeSpec("TurboSampleGITSScheduler", "TurboSample GITS Scheduler", categories.SCHEDULERS,
              "GITS (Chen et al. 2024): searches the best `steps` timesteps for this model, prompt and CFG by dynamic "
              "programming over a 61-point teacher trajectory (costs about 60 model calls per sample, once).",
              (Param("model", "MODEL"), Param("positive", "CONDITIONING"), Param("negative", "CONDITIONING"),

@@ -19,9 +19,10 @@ from ..samplers.bottleneck import (
 )
 from ..samplers.dualfast import DEFAULT_COEFFICIENT, DEFAULT_SCHEDULE, SCHEDULES, SCOPES, sample_dualfast
 from ..samplers.registry import SAMPLERS, SamplerInfo
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 
-CATEGORY = "TurboSample/accelerators"
+CATEGORY = categories.SAMPLERS
 
 
 def numbers(text: str, name: str, kind: type = float) -> list:

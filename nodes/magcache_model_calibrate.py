@@ -13,7 +13,8 @@ import torch
 
 from ..accel.adapter import UnsupportedModel
 from ..accel.magcache_calibration import Calibration, calibrate, save_calibration, weights_fingerprint
-from .builtin_nodes import CATEGORY, SEED
+from . import categories
+from .builtin_nodes import SEED
 from .magcache_nodes import calibration_dir
 from .spec import NodeInputError, NodeSpec, Output, Param
 from .user_files import output_path
@@ -98,7 +99,7 @@ def comfy_calibrate_model(model, positive, negative, latent_image, sampler, sigm
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleMagCacheCalibrateModel", "TurboSample MagCache Calibrate (model)", CATEGORY,
+    NodeSpec("TurboSampleMagCacheCalibrateModel", "TurboSample MagCache Calibrate (model)", categories.CALIBRATION,
              "One full sampling run of the connected MODEL (ComfyUI's Flux, SD3/MMDiT, Wan, or the built-in model) "
              "that records MagCache's per-step magnitude ratios per CFG branch; nothing is skipped. Writes JSON "
              "tied to these weights, steps and sigmas; returns its path for TurboSample MagCache.",

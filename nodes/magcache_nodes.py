@@ -18,8 +18,8 @@ from ..accel.magcache_calibration import (
 )
 from ..samplers.registry import SAMPLERS
 from ..samplers.schedulers import SCHEDULERS
-from . import comfy_magcache
-from .builtin_nodes import CATEGORY, MAX_SIZE, PATCH, SEED, check_latent_size
+from . import categories, comfy_magcache
+from .builtin_nodes import MAX_SIZE, PATCH, SEED, check_latent_size
 from .spec import NodeInputError, NodeSpec, Output, Param
 from .user_files import output_path, user_dir
 
@@ -98,7 +98,7 @@ def comfy_apply_magcache(model, calibration: str, threshold: float, max_skip_ste
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleMagCacheCalibrate", "TurboSample MagCache Calibrate", CATEGORY,
+    NodeSpec("TurboSampleMagCacheCalibrate", "TurboSample MagCache Calibrate", categories.CALIBRATION,
              "One full run of the built-in model that records MagCache's per-step residual magnitude ratios "
              "(cond and uncond separately) and saves them as JSON; returns the file path.",
              (Param("prompt", "STRING", "smiling face", multiline=True, tooltip="Calibration prompt (one suffices)."),
@@ -116,7 +116,7 @@ NODES: tuple[NodeSpec, ...] = (
               Param("filename", "STRING", "", tooltip="File name in the calibration folder; empty = derived "
                                                       "from the settings.")),
              (Output("calibration", "STRING"),), calibrate_builtin),
-    NodeSpec("TurboSampleMagCache", "TurboSample MagCache", CATEGORY,
+    NodeSpec("TurboSampleMagCache", "TurboSample MagCache", categories.ACCELERATORS,
              "Skips the transformer block stack on steps where the calibrated magnitude-ratio curve predicts a "
              "small error, reusing the cached residual (MagCache, NeurIPS 2025). Returns a patched MODEL.",
              (Param("model", "MODEL"),

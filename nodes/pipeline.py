@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from .app_graph import is_folder_model, run_prompt, to_api_prompt, to_ui_workflow
 from .builtin_nodes import latent_to_image
-from .txt2img import Settings, is_folder_model, run_prompt, to_api_prompt, to_ui_workflow
+from .txt2img import Settings
 from .workflow import WorkflowError, output_images, run_api
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -137,8 +138,8 @@ def save_png(image: Image.Image, path: str | Path, settings: Settings) -> Path:
 
 def settings_from_file(path: str | Path) -> Settings:
     """The settings of a workflow JSON (UI or API format), a PNG or a video written by this app or by ComfyUI."""
+    from .app_graph import settings_from_api
     from .media import VIDEO_SUFFIXES, metadata_json, read_video_metadata
-    from .txt2img import settings_from_api
     from .workflow import parse_json, to_api
 
     path = Path(path)

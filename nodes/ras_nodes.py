@@ -7,11 +7,12 @@ from ..accel.adapter import UnsupportedModel
 from ..accel.ras import WRAPPER_KEY, apply_ras, ras_call, ras_parts
 from ..accel.ras_select import METRICS, STARVATION_MODES, RASConfig
 from ..samplers.denoiser import DiffusionModel
+from . import categories
 from .comfy_block_stack import replace_block_stack_wrappers, roles_of, stacked_wrapper, tagged
 from .comfy_magcache import RUN_STATE_OPTION
 from .spec import NodeInputError, NodeSpec, Output, Param
 
-CATEGORY = "TurboSample/accelerate"
+CATEGORY = categories.ACCELERATORS
 
 
 def patch_ras(model, **settings) -> tuple:
@@ -77,7 +78,7 @@ def comfy_patch_ras(model, **settings) -> tuple:
 DEFAULTS = RASConfig()
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleRAS", "TurboSample RAS (region-adaptive sampling)", CATEGORY,
+    NodeSpec("TurboSampleRAS", "TurboSample RAS", CATEGORY,
              "Region-Adaptive Sampling: at most steps only the most active image regions run through the "
              "transformer; the rest reuse the previous step's prediction. Built-in model; in ComfyUI also Flux, "
              "SD3 (MMDiT) and Wan 2.1/2.2 (video: tokens per frame).",
@@ -102,6 +103,12 @@ NODES: tuple[NodeSpec, ...] = (
                     tooltip="Dynamic ratio: extra fraction of tokens dropped per group of steps "
                             "(fewer early, more late)."),
               Param("dynamic_length", "INT", DEFAULTS.dynamic_length, 0, 1000,
-                    tooltip="Steps per group of the dynamic ratio (0 = static ratio).")),
+                    tooltip="Steps per group of the dynamic ratio (0 = static ratio)."),
+              Param("kv_cache", "COMBO", DEFAULTS.kv_cache, choices=lambda: ["full", "int8"],
+                    tooltip="K/V cache of every token for the sparse steps: full (blocks x tokens x inner width x 2 "
+                            "x bytes x batch) or int8 (about half of bf16, a quarter of float32; low memory)."),
+              Param("cuda_graph", "BOOLEAN", DEFAULTS.cuda_graph,
+                    tooltip="Replay the sparse steps as a CUDA graph (less launch overhead; CUDA only, falls back "
+                            "to the eager pass elsewhere or if capture fails).")),
              (Output("MODEL", "MODEL"),), patch_ras, comfy_fn=comfy_patch_ras),
 )

@@ -6,14 +6,26 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from . import categories
 from .spec import NodeInputError, NodeSpec, Output, Param
 
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
-MARGIN = (48, 16, 16, 32)  # left, top, right, bottom
+MARGIN = (52, 34, 16, 40)  # left, top (room for the title), right, bottom
+TITLE = "sigma against step"
+
+
+def chart_font(size: int = 12):
+    """Pillow's default font at a size whose spaces are visible (the size-10 default nearly drops them)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the bitmap font, fixed size
+        return ImageFont.load_default()
 
 
 def plot_sigmas(curves: dict[str, torch.Tensor], width: int = 480, height: int = 300) -> Image.Image:
-    """Line chart of one or more sigma schedules (step on x, sigma on y), with axis labels and a legend."""
+    """Line chart of one or more sigma schedules (step on x, sigma on y), with a title, axis labels and a legend."""
     if not curves:
         raise NodeInputError("nothing to plot: no sigma schedule given")
     values = {name: [float(v) for v in torch.as_tensor(s).flatten()] for name, s in curves.items()}
@@ -26,6 +38,7 @@ def plot_sigmas(curves: dict[str, torch.Tensor], width: int = 480, height: int =
     left, upper, right, lower = MARGIN
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
+    font = chart_font()
     x0, y0, x1, y1 = left, upper, width - right, height - lower
     draw.rectangle((x0, y0, x1, y1), outline=(160, 160, 160))
 
@@ -39,12 +52,14 @@ def plot_sigmas(curves: dict[str, torch.Tensor], width: int = 480, height: int =
         for px, py in pts:
             draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=color)
         label = name[:44]
-        draw.text((x1 - 8 - 6 * len(label), y0 + 6 + 14 * k), label, fill=color)
-    draw.text((4, y0), f"{top:.3g}", fill="black")
-    draw.text((4, y1 - 10), "0", fill="black")
-    draw.text((x0, y1 + 6), "step 0", fill="black")
-    draw.text((x1 - 40, y1 + 6), f"{steps}", fill="black")
-    draw.text(((x0 + x1) // 2 - 30, y1 + 16), "sigma vs step", fill="black")
+        draw.text((x1 - 8, y0 + 8 + 16 * k), label, fill=color, font=font, anchor="ra")
+    draw.text(((x0 + x1) // 2, 8), TITLE, fill="black", font=font, anchor="ma")
+    draw.text((x0 - 6, y0), f"{top:.3g}", fill="black", font=font, anchor="rm")
+    draw.text((x0 - 6, y1), "0", fill="black", font=font, anchor="rm")
+    draw.text((x0 - 6, (y0 + y1) // 2), "sigma", fill="black", font=font, anchor="rm")
+    draw.text((x0, y1 + 6), "0", fill="black", font=font, anchor="ma")
+    draw.text((x1, y1 + 6), f"{steps}", fill="black", font=font, anchor="ma")
+    draw.text(((x0 + x1) // 2, y1 + 20), "step", fill="black", font=font, anchor="ma")
     return img
 
 
@@ -55,7 +70,7 @@ def schedule_image(sigmas: torch.Tensor) -> tuple:
 
 
 NODES: tuple[NodeSpec, ...] = (
-    NodeSpec("TurboSampleSchedulePlot", "TurboSample Schedule Plot", "TurboSample",
+    NodeSpec("TurboSampleSchedulePlot", "TurboSample Schedule Plot", categories.SCHEDULERS,
              "Draws a SIGMAS schedule (sigma against step) as an IMAGE; connect it to Preview Image.",
              (Param("sigmas", "SIGMAS"),), (Output("IMAGE", "IMAGE"),), schedule_image),
 )

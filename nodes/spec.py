@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,23 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 class NodeInputError(ValueError):
     """A node input is missing, of the wrong type or out of range."""
+
+
+def exact_int(value: Any) -> int:
+    """An integer input without a detour through float (seeds go up to 2**64 - 1); ValueError if not whole."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            return int(text, 10)
+        except ValueError:
+            value = float(text)  # "5.0", "1e3"
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError
+        return int(value)
+    return operator.index(value)  # int, numpy integers; TypeError for anything else
 
 
 @dataclass(frozen=True)
@@ -46,9 +64,7 @@ class Param:
         where = where or (f"{node_id}.{self.name}" if node_id else self.name)
         try:
             if self.type == "INT":
-                if isinstance(value, bool) or float(value) != int(float(value)):
-                    raise ValueError
-                value = int(float(value))
+                value = exact_int(value)
             elif self.type == "FLOAT":
                 if isinstance(value, bool):
                     raise ValueError

@@ -9,32 +9,34 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..models.diffusers_folder import FLUX_GUIDANCE, WAN_FRAMES
+from .graph_json import GraphNode, api_prompt, ui_workflow
 from .model_folders import BUILTIN
 from .registry import NODE_BY_ID
 from .workflow import CORE_SINKS, WorkflowError, check_api
 
-FOLDER_SETTINGS = ("model", "frames", "guidance")  # settings of model folders only
-EXPORT_LOADERS = ("CheckpointLoaderSimple", "UNETLoader")  # a model folder's ComfyUI export starts at one of them
+FOLDER_SETTINGS = ("model", "frames", "guidance")  # settings of model folders only (nodes/folder_graph.py)
 
-# (node key, class_type, UI position, {setting: widget input}); widgets not mapped keep their declared default
+# (node key, class_type, UI column, {setting: widget input}); widgets not mapped keep their declared default. The UI
+# layout stacks each column's nodes top-down in graph order (nodes/layout.py): inputs, model patches and sigmas,
+# sampler, sampling and output.
 BASE_GRAPH = (
-    ("model", "TurboSampleBuiltinModelLoader", (40, 60), {"flow_shift": "flow_shift"}),
-    ("positive", "TurboSampleBuiltinTextEncode", (40, 200), {"prompt": "text"}),
-    ("negative", "TurboSampleBuiltinTextEncode", (40, 420), {"negative_prompt": "text"}),
-    ("latent", "TurboSampleEmptyLatent", (40, 640), {"width": "width", "height": "height",
-                                                     "batch_size": "batch_size"}),
-    ("sampler", "TurboSampleSamplerSelect", (420, 60), {"sampler": "sampler_name"}),
-    ("sigmas", "TurboSampleScheduler", (420, 200), {"scheduler": "scheduler", "steps": "steps",
-                                                    "denoise": "denoise"}),
-    ("sample", "TurboSampleSample", (800, 60), {"seed": "seed", "cfg": "cfg"}),
-    ("decode", "TurboSampleDecode", (1180, 60), {}),
-    ("save", "SaveImage", (1420, 60), {"filename_prefix": "filename_prefix"}),
+    ("model", "TurboSampleBuiltinModelLoader", 0, {"flow_shift": "flow_shift"}),
+    ("positive", "TurboSampleBuiltinTextEncode", 0, {"prompt": "text"}),
+    ("negative", "TurboSampleBuiltinTextEncode", 0, {"negative_prompt": "text"}),
+    ("latent", "TurboSampleEmptyLatent", 0, {"width": "width", "height": "height", "batch_size": "batch_size"}),
+    ("sampler", "TurboSampleSamplerSelect", 2, {"sampler": "sampler_name"}),
+    ("sigmas", "TurboSampleScheduler", 1, {"scheduler": "scheduler", "steps": "steps", "denoise": "denoise"}),
+    ("sample", "TurboSampleSample", 3, {"seed": "seed", "cfg": "cfg"}),
+    ("decode", "TurboSampleDecode", 3, {}),
+    ("save", "SaveImage", 3, {"filename_prefix": "filename_prefix"}),
 )
+# Node titles where the class name alone does not tell two nodes apart
+TITLES = {"positive": "Positive prompt", "negative": "Negative prompt"}
 # Model patches chained between the loader and the model's users, in this order, when their setting enables them
 MODEL_PATCHES = (
-    ("attention", "TurboSampleAttentionBackend", (420, 860), {"attention": "backend"}, {}),
-    ("magcache", "TurboSampleMagCache", (420, 420), {"magcache_threshold": "threshold"}, {"resample": "nearest"}),
-    ("ras", "TurboSampleRAS", (420, 640), {"ras_ratio": "sample_ratio"}, {}),
+    ("attention", "TurboSampleAttentionBackend", 1, {"attention": "backend"}, {}),
+    ("magcache", "TurboSampleMagCache", 1, {"magcache_threshold": "threshold"}, {"resample": "nearest"}),
+    ("ras", "TurboSampleRAS", 1, {"ras_ratio": "sample_ratio"}, {}),
 )
 # Loop accelerators replace the sampler node: name -> (class_type, {setting: widget input})
 SAMPLER_NODES = {
@@ -48,19 +50,19 @@ SAMPLER_NODES = {
     "dpm_solver_v3": ("TurboSampleDPMSolverV3Sampler", {}),
 }
 LOOP_ACCELERATORS = tuple(SAMPLER_NODES)
-# Samplers that learn from the model first: name -> (node key, class_type, UI position, {setting: widget input},
+# Samplers that learn from the model first: name -> (node key, class_type, UI column, {setting: widget input},
 # fixed widget values, sampler input fed by the preparation node's output). They run on every generation (ComfyUI
 # caches their output while inputs stay the same); one sample keeps that to ~200 + 20 x steps (DC) or 3 x 32
 # (EMS) extra model calls.
 SAMPLER_PREP = {
-    "dc_solver": ("dc_calibrate", "TurboSampleDCSolverCalibrate", (420, 1080),
-                  {"seed": "seed", "cfg": "cfg", "steps": "steps", "scheduler": "scheduler"}, {"samples": 1},
-                  "calibration"),
-    "dpm_solver_v3": ("ems", "TurboSampleDPMSolverV3EMS", (420, 1080), {"seed": "seed", "cfg": "cfg"},
+    "dc_solver": ("dc_calibrate", "TurboSampleDCSolverCalibrate", 2, {"seed": "seed", "cfg": "cfg"},
+                  {"samples": 1}, "calibration"),
+    "dpm_solver_v3": ("ems", "TurboSampleDPMSolverV3EMS", 2, {"seed": "seed", "cfg": "cfg"},
                       {"batch": 1, "grid_points": 32}, "ems"),
 }
 PREP_EDGES = (("positive", 0, "prep", "positive"), ("negative", 0, "prep", "negative"),
               ("latent", 0, "prep", "latent_image"), ("model", 0, "prep", "model"))
+PREP_SIGMAS = ("dc_solver",)  # calibrated for the run's own SIGMAS (steps and schedule come from them)
 # How the SIGMAS are made: a schedule shape, or a GITS search on the model (then the shape and denoise are unused)
 SIGMAS_NODES = {
     "schedule": ("TurboSampleScheduler", {"scheduler": "scheduler", "steps": "steps", "denoise": "denoise"}),
@@ -85,7 +87,7 @@ def patch_enabled(key: str, values: dict) -> bool:
 
 
 def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
-    """Nodes (key, class_type, pos, mapping, fixed widget values) and edges of the graph for these settings."""
+    """Nodes (key, class_type, UI column, mapping, fixed widget values) and edges of the graph for these settings."""
     values = settings.to_dict()
     if values["sigmas_from"] not in SIGMAS_NODES:
         raise WorkflowError(f"unknown sigmas source {values['sigmas_from']!r}; choose one of {', '.join(SIGMAS_NODES)}")
@@ -113,6 +115,7 @@ def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
         pkey, ptype, ppos, pmap, fixed, feeds = SAMPLER_PREP[loop]
         nodes.append((pkey, ptype, ppos, pmap, fixed))
         extra += tuple((src, slot, pkey, name) for src, slot, _prep, name in PREP_EDGES)
+        extra += (("sigmas", 0, pkey, "sigmas"),) if loop in PREP_SIGMAS else ()
         extra += ((pkey, 0, "sampler", feeds),)
     extra += GITS_EDGES if values["sigmas_from"] in ("gits", "ays_opt") else ()  # both read prompt and latent
     edges += [((model_end if src == "model" else src), slot, dst, name) for src, slot, dst, name in EDGES + extra]
@@ -121,11 +124,6 @@ def graph(settings: Settings) -> tuple[list[tuple], list[tuple]]:
 
 def _spec(class_type: str):
     return NODE_BY_ID.get(class_type) or CORE_SINKS[class_type]
-
-
-def is_folder_model(settings: Settings) -> bool:
-    """Whether the settings run a model folder (not the built-in model)."""
-    return settings.model != BUILTIN
 
 
 def _default(class_type: str, name: str):
@@ -157,7 +155,7 @@ class Settings:
     bottleneck_step_budget: float = _default("TurboSampleBottleneckSampler", "step_budget")
     sigmas_from: str = "schedule"
     filename_prefix: str = "turbosample"
-    model: str = BUILTIN  # the built-in model, or a model folder's name (nodes/model_folders.py)
+    model: str = BUILTIN  # the built-in model, or a model folder's name (nodes/model_folders.py, folder_graph.py)
     frames: int = WAN_FRAMES  # video models: frames (4k+1)
     guidance: float = FLUX_GUIDANCE  # Flux dev: its guidance embedding
 
@@ -173,96 +171,34 @@ class Settings:
         return cls(**values)
 
 
-def node_ids(nodes: list[tuple]) -> dict[str, str]:
-    return {key: str(i + 1) for i, (key, *_rest) in enumerate(nodes)}
+def graph_nodes(settings: Settings) -> tuple[list[GraphNode], list[tuple]]:
+    """The graph as GraphNodes (widget values from the settings) and edges."""
+    return as_graph_nodes(*graph(settings), settings.to_dict())
 
 
-def api_from_graph(nodes: list[tuple], edges: list[tuple], values: dict, spec_of=_spec) -> dict:
-    """The API-format prompt of a graph (nodes ``(key, class_type, pos, mapping, fixed)``, edges), unchecked."""
-    ids = node_ids(nodes)
-    api = {}
-    for key, class_type, _pos, mapping, fixed in nodes:
-        spec = spec_of(class_type)
-        inputs = {p.name: p.default for p in spec.widgets}
-        inputs.update(fixed)
-        inputs.update({name: values[setting] for setting, name in mapping.items()})
-        api[ids[key]] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": spec.display_name}}
-    for src, slot, dst, name in edges:
-        api[ids[dst]]["inputs"][name] = [ids[src], slot]
-    return api
+def as_graph_nodes(nodes: list[tuple], edges: list[tuple], values: dict,
+                   titles: dict | None = None) -> tuple[list[GraphNode], list[tuple]]:
+    """Nodes ``(key, class_type, column, {setting: widget}, fixed widget values)`` as GraphNodes."""
+    titles = TITLES if titles is None else titles
+    return [GraphNode(key, class_type, column, {**fixed, **{name: values[s] for s, name in mapping.items()}},
+                      titles.get(key, "")) for key, class_type, column, mapping, fixed in nodes], edges
+
+
+def specs() -> dict:
+    return {**NODE_BY_ID, **CORE_SINKS}
 
 
 def to_api_prompt(settings: Settings) -> dict:
-    """The API-format prompt of the graph (for a model folder: its ComfyUI export, on ComfyUI's core loaders);
-    raises WorkflowError if a setting is out of range."""
-    if is_folder_model(settings):
-        from .folder_graph import export_api
-
-        return export_api(settings)
-    nodes, edges = graph(settings)
-    return check_api(api_from_graph(nodes, edges, settings.to_dict()))
-
-
-def run_prompt(settings: Settings) -> dict:
-    """The API prompt the app and the CLI run (a model folder runs on the app's own folder nodes)."""
-    if is_folder_model(settings):
-        from .folder_graph import run_api_prompt
-
-        return run_api_prompt(settings)
-    return to_api_prompt(settings)
-
-
-def ui_inputs(spec, linked_widgets: list[str]) -> list[str]:
-    """A UI node's input slots: its sockets, then the widgets fed by a link (ComfyUI's widget inputs)."""
-    return [p.name for p in spec.sockets] + [p.name for p in spec.widgets if p.name in linked_widgets]
+    """The API-format prompt of the built-in model's graph; raises WorkflowError if a setting is out of range (a
+    model folder's graph: ``nodes/app_graph.py``)."""
+    return check_api(api_prompt(*graph_nodes(settings), specs()))
 
 
 def to_ui_workflow(settings: Settings) -> dict:
-    """The UI-format (v0.4) workflow that ComfyUI opens by drag and drop (a model folder: its ComfyUI export)."""
-    if is_folder_model(settings):
-        from .folder_graph import export_ui
-
-        return export_ui(settings)
+    """The UI-format (v0.4) workflow that ComfyUI opens by drag and drop."""
+    to_api_prompt(settings)  # checked first
     stored = {k: v for k, v in settings.to_dict().items() if k not in FOLDER_SETTINGS}
-    return ui_from_graph(*graph(settings), to_api_prompt(settings), stored)
-
-
-def ui_from_graph(nodes_: list[tuple], edges: list[tuple], api: dict, stored_settings: dict, spec_of=_spec) -> dict:
-    """The UI-format workflow of a graph and its API prompt; ``stored_settings`` go to ``extra.turbosample``."""
-    ids = node_ids(nodes_)
-    links, out_links = [], {}
-    linked_widgets: dict[str, list[str]] = {}
-    for _src, _slot, dst, name in edges:
-        if spec_of(api[ids[dst]]["class_type"]).param(name).is_widget:
-            linked_widgets.setdefault(ids[dst], []).append(name)
-    for n, (src, slot, dst, name) in enumerate(edges, start=1):
-        to_slot = ui_inputs(spec_of(api[ids[dst]]["class_type"]), linked_widgets.get(ids[dst], [])).index(name)
-        out_type = spec_of(api[ids[src]]["class_type"]).outputs[slot].type
-        links.append([n, int(ids[src]), slot, int(ids[dst]), to_slot, out_type])
-        out_links.setdefault((ids[src], slot), []).append(n)
-    link_to = {(str(lk[3]), lk[4]): lk[0] for lk in links}
-    nodes = []
-    for order, (key, class_type, pos, _mapping, _fixed) in enumerate(nodes_):
-        nid, spec = ids[key], spec_of(class_type)
-        widgets = []
-        for p in spec.widgets:
-            widgets.append(api[nid]["inputs"][p.name])
-            if p.seed:
-                widgets.append("fixed")
-        nodes.append({
-            "id": int(nid), "type": class_type, "pos": list(pos), "size": [320, 120 + 26 * len(spec.widgets)],
-            "flags": {}, "order": order, "mode": 0,
-            "inputs": [{"name": p.name, "type": p.type, "link": link_to.get((nid, i)),
-                        **({"widget": {"name": p.name}} if p.is_widget else {})}
-                       for i, p in enumerate(spec.param(n) for n in ui_inputs(spec, linked_widgets.get(nid, [])))],
-            "outputs": [{"name": o.name, "type": o.type, "links": out_links.get((nid, j), []), "slot_index": j}
-                        for j, o in enumerate(spec.outputs)],
-            "properties": {"Node name for S&R": class_type}, "widgets_values": widgets,
-        })
-    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 1.0, "offset": [0, 0]},
-                                                  "turbosample": {"settings": stored_settings}},
-            "version": 0.4}
+    return ui_workflow(*graph_nodes(settings), specs(), {"turbosample": {"settings": stored}})
 
 
 def sample_inputs(api: dict) -> dict:
@@ -321,12 +257,8 @@ def check_same_nodes(api: dict, ours: dict, sinks: tuple = ("SaveImage",)) -> No
 
 
 def settings_from_api(api: dict) -> Settings:
-    """Read the app's settings back from a prompt of this graph's shape (any node ids); a model folder's ComfyUI
-    export is read by ``folder_graph.settings_from_export``."""
-    if any(node.get("class_type") in EXPORT_LOADERS for node in api.values() if isinstance(node, dict)):
-        from .folder_graph import settings_from_export
-
-        return settings_from_export(api)
+    """Read the app's settings back from a prompt of the built-in model's graph (any node ids); a model folder's
+    ComfyUI export: ``app_graph.settings_from_api``."""
     sample = sample_inputs(api)
     values: dict = {}
     encode = ("TurboSampleBuiltinTextEncode",)
@@ -345,6 +277,7 @@ def settings_from_api(api: dict) -> Settings:
     return settings
 
 
+# The built-in model's shipped workflows (titles, order and files: nodes/templates.py)
 SHIPPED = {
     "builtin_txt2img": Settings(prompt="grinning face", seed=1),
     "builtin_magcache": Settings(prompt="red apple", seed=1, magcache_threshold=0.1, filename_prefix="magcache"),
@@ -382,29 +315,3 @@ SHIPPED = {
     "builtin_dpm_solver_v3": Settings(prompt="red apple", seed=1, steps=8, loop_accelerator="dpm_solver_v3",
                                       filename_prefix="dpm_solver_v3"),
 }
-
-
-def write_shipped_workflows(folder) -> list:
-    """(Re)write workflows/<name>.json (UI format) and workflows/api/<name>.json for every shipped workflow.
-
-    ComfyUI lists ``workflows/*.json`` as templates, so the API-format copies live one folder down.
-    """
-    import json
-    from pathlib import Path
-
-    folder = Path(folder)
-    written = []
-    for name, settings in SHIPPED.items():
-        for path, data in ((folder / f"{name}.json", to_ui_workflow(settings)),
-                           (folder / "api" / f"{name}.json", to_api_prompt(settings))):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(data, indent=2) + "\n")
-            written.append(path)
-    return written
-
-
-if __name__ == "__main__":
-    import sys
-
-    for p in write_shipped_workflows(sys.argv[1] if len(sys.argv) > 1 else "workflows"):
-        print(p)

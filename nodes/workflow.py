@@ -30,12 +30,29 @@ CORE_SINKS: dict[str, NodeSpec] = {
 
 
 def known_specs() -> dict[str, NodeSpec]:
-    """The pack's nodes, the app's model-folder nodes, and the ComfyUI core nodes a model folder's export uses."""
-    from .comfy_core import COMFY_CORE
+    """The nodes the app runs: the pack's, the app's own model-folder nodes and the output nodes."""
     from .folder_nodes import NODE_BY_ID as FOLDER_NODES
     from .registry import NODE_BY_ID
 
-    return {**NODE_BY_ID, **FOLDER_NODES, **COMFY_CORE, **CORE_SINKS}
+    return {**NODE_BY_ID, **FOLDER_NODES, **CORE_SINKS}
+
+
+def reading_specs(types: set) -> dict[str, NodeSpec]:
+    """The declarations to read a workflow with: what the app runs, and for a model folder's ComfyUI export (the
+    pack's TurboSample Sample with only ComfyUI core nodes besides) also those core nodes, so it reads back into
+    the app's settings. Any other graph keeps ``known_specs``, and the nodes it lacks are named."""
+    from .core_specs import CORE_NODES
+
+    specs = known_specs()
+    missing = set(types) - set(specs)
+    if "TurboSampleSample" in types and missing and missing <= set(CORE_NODES) - EXPORT_FREE:
+        return {**specs, **CORE_NODES, **CORE_SINKS}
+    return specs
+
+
+# core nodes a model folder's export never has (its sampling is the pack's): their graphs are not exports
+EXPORT_FREE = {"KSampler", "SamplerCustomAdvanced", "BasicGuider", "CFGGuider", "RandomNoise", "KSamplerSelect",
+               "BasicScheduler"}
 
 
 def parse_json(text: str | bytes) -> dict:
@@ -46,6 +63,19 @@ def parse_json(text: str | bytes) -> dict:
     if not isinstance(data, dict):
         raise WorkflowError("a workflow must be a JSON object")
     return data
+
+
+def check_known(types: dict[str, str], specs: dict[str, NodeSpec]) -> None:
+    """WorkflowError naming the node types (node id -> class) this app lacks, before any other check."""
+    missing: dict[str, list[str]] = {}
+    for nid, class_type in types.items():
+        if class_type not in specs:
+            missing.setdefault(str(class_type), []).append(str(nid))
+    if missing:
+        listed = ", ".join(f"{t} (node {', '.join(ids)})" for t, ids in sorted(missing.items()))
+        raise WorkflowError(f"this workflow needs nodes this app does not have: {listed}. The app runs the "
+                            "TurboSample text-to-image graph (the built-in model, or a model folder and its ComfyUI "
+                            "export); open this workflow in ComfyUI")
 
 
 def is_ui_format(data: dict) -> bool:
@@ -69,7 +99,7 @@ def split_widget_values(spec: NodeSpec, values: list, where: str) -> dict:
 
 def ui_to_api(ui: dict, specs: dict[str, NodeSpec] | None = None) -> dict:
     """Convert (and check) a UI-format workflow into the API prompt format; muted/bypassed nodes dropped."""
-    specs = specs or known_specs()
+    specs = specs or reading_specs({n.get("type") for n in ui.get("nodes", []) if isinstance(n, dict)})
     problems: list[str] = []
     nodes = {}
     for node in ui.get("nodes", []):
@@ -83,15 +113,13 @@ def ui_to_api(ui: dict, specs: dict[str, NodeSpec] | None = None) -> dict:
             problems.append(f"malformed link {link!r}")
             continue
         links[link[0]] = link
+    check_known({nid: node["type"] for nid, node in nodes.items() if node.get("mode", 0) not in (2, 4)}, specs)
     api: dict[str, dict] = {}
     for nid, node in nodes.items():
         if node.get("mode", 0) in (2, 4):
             continue
         where = f"node {nid} ({node['type']})"
-        spec = specs.get(node["type"])
-        if spec is None:
-            problems.append(f"{where}: unknown node type; this app knows {', '.join(sorted(specs))}")
-            continue
+        spec = specs[node["type"]]
         try:
             inputs: dict[str, Any] = split_widget_values(spec, list(node.get("widgets_values") or []), where)
         except WorkflowError as exc:
@@ -120,19 +148,18 @@ def output_type(spec: NodeSpec, slot: int) -> str | None:
 
 def check_api(api: dict, specs: dict[str, NodeSpec] | None = None) -> dict:
     """Every node known, every input present, widget values in range, every link type-checked."""
-    specs = specs or known_specs()
-    problems = []
     if not isinstance(api, dict) or not api:
         raise WorkflowError("the prompt has no nodes")
+    specs = specs or reading_specs({n.get("class_type") for n in api.values() if isinstance(n, dict)})
+    problems = []
+    check_known({nid: node["class_type"] for nid, node in api.items()
+                 if isinstance(node, dict) and "class_type" in node}, specs)
     for nid, node in api.items():
         if not isinstance(node, dict) or "class_type" not in node:
             problems.append(f"node {nid}: no class_type")
             continue
-        spec = specs.get(node["class_type"])
+        spec = specs[node["class_type"]]
         where = f"node {nid} ({node['class_type']})"
-        if spec is None:
-            problems.append(f"{where}: unknown node type")
-            continue
         inputs = node.get("inputs", {})
         for p in spec.inputs:
             if p.name not in inputs:
@@ -208,9 +235,6 @@ def run_api(api: dict, hooks: dict[str, Callable[..., dict]] | None = None) -> d
         if node["class_type"] in CORE_SINKS:
             results[nid] = (values["images"],)
             continue
-        if spec.category == "ComfyUI core":
-            raise WorkflowError(f"node {nid} ({node['class_type']}) is a ComfyUI core node, which runs in ComfyUI "
-                                "only; load this workflow into the app (its settings) instead of running it as is")
         extra = hooks[node["class_type"]](nid) if hooks and node["class_type"] in hooks else {}
         results[nid] = spec.fn(**values, **extra)
     return results

@@ -355,7 +355,7 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     method figure); False runs each stage to sigma 0. With both defaults, scales 1 and shifts 1 and stages on
     the incoming steps, Euler's stages join into plain Euler (a test checks this).
     """
-    from .dualfast import resolve_sampler
+    from .sampler_table import resolve_sampler
 
     extra_args = dict(extra_args or {})
     scales, noise, shifts = [float(s) for s in scales], [float(w) for w in noise], [float(s) for s in shifts]

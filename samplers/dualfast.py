@@ -73,6 +73,7 @@ from collections.abc import Callable
 
 import torch
 
+from .sampler_table import resolve_sampler
 from .sampling_utils import unwrap_for_base
 
 # Per base sampler, chosen by measurement (see the module docstring); other bases default to 0 (off).
@@ -149,18 +150,6 @@ def corrected_denoiser(model, sigmas: torch.Tensor, coefficient: float, schedule
         return mix(x, sigma, model(x, sigma, **extra))
 
     return denoise
-
-
-def resolve_sampler(base: str | Callable) -> tuple[Callable, dict, float | None]:
-    """A registry sampler name (or a sampler function) -> (function, registry options, calls per step)."""
-    if callable(base):
-        return base, {}, None
-    from .registry import SAMPLERS
-
-    if base not in SAMPLERS:
-        raise ValueError(f"unknown base sampler {base!r}; choose one of {', '.join(SAMPLERS)}")
-    info = SAMPLERS[base]
-    return info.fn, dict(info.options), info.calls_per_step
 
 
 @torch.no_grad()

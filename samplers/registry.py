@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import multistep, solvers, stochastic
+from .sampler_table import TABLE
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ def is_cfg_pp(name: str) -> bool:
     return name.endswith("_cfg_pp")
 
 
-SAMPLERS: dict[str, SamplerInfo] = {
+SAMPLERS: dict[str, SamplerInfo] = TABLE  # samplers that run another by name look it up there
+SAMPLERS.update({
     "euler": SamplerInfo("euler", solvers.sample_euler, 1, "first-order Euler (DDIM for flow models)"),
     "heun": SamplerInfo("heun", solvers.sample_heun, 2, "second-order Heun (EDM), Euler onto sigma = 0"),
     "dpm_2": SamplerInfo("dpm_2", solvers.sample_dpm_2, 2, "DPM-Solver-2 midpoint in log sigma"),
@@ -48,7 +50,7 @@ SAMPLERS: dict[str, SamplerInfo] = {
                                 "DPM-Solver++(3M) SDE (Brownian-tree noise)"),
     "ddpm": SamplerInfo("ddpm", stochastic.sample_ddpm, 1, "DDPM ancestral sampling (posterior draws)"),
     "lcm": SamplerInfo("lcm", stochastic.sample_lcm, 1, "latent consistency: x0 estimate, then re-noise"),
-}
+})
 
 
 def get_sampler(name: str) -> SamplerInfo:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 import torch
 
-from .dualfast import resolve_sampler
+from .sampler_table import resolve_sampler
 from .sampling_utils import MODEL_SAMPLING_KEY, is_flow, require_model_sampling, unwrap_for_base
 
 DEFAULT_WINDOW = 30

@@ -4,15 +4,16 @@ import json
 import math
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from turbosample.web.app import ORDER, build_demo
+from turbosample.web.app import ORDER, RUN_CONTROLS, build_demo
 
-DEFAULTS = {"prompt": "grinning face", "negative_prompt": "", "seed": 3, "steps": 3, "cfg": 4.0, "width": 32,
+DEFAULTS = {"prompt": "grinning face", "negative_prompt": "", "seed": "3", "steps": 3, "cfg": 4.0, "width": 32,
             "height": 32, "sampler": "euler", "scheduler": "simple", "flow_shift": 1.0, "batch_size": 1,
             "denoise": 1.0, "filename_prefix": "test", "magcache_threshold": 0.0, "ras_ratio": 1.0,
             "loop_accelerator": "none", "dualfast_coefficient": 0.0, "attention": "sdpa",
@@ -49,10 +50,10 @@ def test_generate_streams_previews_and_returns_png_with_workflow(url):
 
 def test_save_and_load_workflow_round_trip(url):
     client = Client(url, verbose=False)
-    path = client.predict(*values(prompt="cat face", seed=99, steps=7), api_name="/save_workflow")
+    path = client.predict(*values(prompt="cat face", seed="99", steps=7), api_name="/save_workflow")
     loaded = client.predict(handle_file(path), api_name="/load_workflow")
     assert dict(zip(ORDER, loaded, strict=True))["prompt"] == "cat face"
-    assert dict(zip(ORDER, loaded, strict=True))["seed"] == 99
+    assert dict(zip(ORDER, loaded, strict=True))["seed"] == "99"
     api_path = client.predict(*values(), api_name="/save_api")
     assert "class_type" in json.loads(open(api_path).read())["1"]
 
@@ -110,7 +111,7 @@ def test_two_users_at_once_get_their_own_results(url):
 
     def run(seed):
         client = Client(url, verbose=False)
-        results[seed] = Image.open(client.predict(*values(seed=seed), api_name="/generate")[3]).tobytes()
+        results[seed] = Image.open(client.predict(*values(seed=str(seed)), api_name="/generate")[3]).tobytes()
 
     threads = [threading.Thread(target=run, args=(s,)) for s in (11, 12)]
     for t in threads:
@@ -120,7 +121,7 @@ def test_two_users_at_once_get_their_own_results(url):
     assert set(results) == {11, 12}
     assert results[11] != results[12]
     run(11)  # the same seed alone gives the same image: nothing leaked between the two runs
-    assert Image.open(Client(url, verbose=False).predict(*values(seed=11), api_name="/generate")[3]).tobytes() \
+    assert Image.open(Client(url, verbose=False).predict(*values(seed="11"), api_name="/generate")[3]).tobytes() \
         == results[11]
 
 
@@ -162,3 +163,66 @@ def test_bottleneck_knobs_reach_the_sampler_round_trip_and_bad_scales_are_named(
     assert len(steps) == 3 and steps[-1] == "step 6/6"
     with pytest.raises(Exception, match="is not a positive multiple of"):  # 48 x 0.3 is not whole patches
         client.predict(*values(**{**knobs, "bottleneck_scales": "1, 0.3, 1"}), api_name="/generate")
+
+
+def test_api_inputs_carry_the_settings_names_and_take_keywords(url):
+    client = Client(url, verbose=False)
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name in ("/generate", "/save_workflow", "/save_api", "/compare"):
+        runs = name in ("/generate", "/compare")  # these also take where the model runs
+        expected = list(ORDER) + (list(RUN_CONTROLS) if runs else [])
+        assert [p["parameter_name"] for p in endpoints[name]["parameters"]] == expected, name
+    path = client.predict(**{**DEFAULTS, "prompt": "rocket", "steps": 5}, api_name="/save_workflow")
+    saved = json.loads(open(path).read())["extra"]["turbosample"]["settings"]
+    assert (saved["prompt"], saved["steps"]) == ("rocket", 5)
+
+
+def test_seeds_keep_every_digit_through_the_app(url):
+    client = Client(url, verbose=False)
+    for seed in (2**53 + 1, 2**64 - 1):
+        path = client.predict(*values(seed=str(seed)), api_name="/save_workflow")
+        assert json.loads(open(path).read())["extra"]["turbosample"]["settings"]["seed"] == seed
+        loaded = dict(zip(ORDER, client.predict(handle_file(path), api_name="/load_workflow"), strict=True))
+        assert loaded["seed"] == str(seed)
+    with pytest.raises(Exception, match="Seed must be <= 18446744073709551615"):
+        client.predict(*values(seed=str(2**64)), api_name="/save_workflow")
+
+
+def test_progress_reaches_api_clients(url):
+    client = Client(url, verbose=False)
+    job = client.submit(*values(steps=40, width=64, height=64), api_name="/generate")
+    seen = set()
+    while not job.done():
+        for unit in job.status().progress_data or []:
+            seen.add((unit.index, unit.length, unit.desc))
+        time.sleep(0.01)
+    job.result()
+    assert seen and all(length == 40 and desc == "sampling" for _i, length, desc in seen)
+
+
+def test_loading_a_png_without_metadata_names_the_file_not_the_upload_folder(url, tmp_path):
+    client = Client(url, verbose=False)
+    plain = tmp_path / "holiday photo.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(Exception) as err:
+        client.predict(handle_file(str(plain)), api_name="/load_workflow")
+    message = str(err.value)
+    assert "holiday photo.png carries no ComfyUI workflow" in message and "gradio" not in message.lower()
+
+
+def test_a_stock_comfyui_workflow_says_which_nodes_the_app_lacks(url, tmp_path):
+    from test_workflows import stock_comfyui_workflow
+
+    client = Client(url, verbose=False)
+    path = tmp_path / "default.json"
+    path.write_text(json.dumps(stock_comfyui_workflow()))
+    with pytest.raises(Exception, match="needs nodes this app does not have: CLIPTextEncode") as err:
+        client.predict(handle_file(str(path)), api_name="/load_workflow")
+    assert "missing node" not in str(err.value)
+
+
+def test_stop_says_where_the_run_stopped():
+    from turbosample.web.app import stopped_status
+
+    assert stopped_status("step 17/1000") == "stopped at step 17/1000; no image saved"
+    assert stopped_status("starting") == "stopped before the first step"

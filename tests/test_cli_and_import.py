@@ -35,6 +35,18 @@ def test_generate_writes_png_with_its_workflow(tmp_path, capsys):
     assert Image.open(again).tobytes() == image.tobytes()
 
 
+def test_seeds_above_2_53_are_kept_exactly(tmp_path):
+    import torch
+
+    from turbosample.samplers.noise import seeded_noise
+
+    assert not torch.equal(seeded_noise(2**53 + 1, (1, 4)), seeded_noise(2**53, (1, 4)))
+    out = tmp_path / "big.png"
+    assert main(["generate", "--steps", "1", "--width", "16", "--height", "16", "--seed", str(2**64 - 1),
+                 "--out", str(out)]) == 0
+    assert settings_from_api(to_api(workflow_from_png(out))).seed == 2**64 - 1
+
+
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["generate", "--prompt", "x", "--sampler", "nope", "--out", str(tmp_path / "a.png")]) == 2
     assert "--sampler: unknown value 'nope'" in capsys.readouterr().err

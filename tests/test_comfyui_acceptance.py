@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from turbosample.nodes.templates import TEMPLATES
+
 ROOT = Path(__file__).resolve().parent.parent
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(
@@ -45,11 +47,40 @@ def http(url: str, data: dict | None = None) -> dict:
         raise AssertionError(f"{url}: HTTP {exc.code}: {exc.read().decode()[:2000]}") from None
 
 
+# A test-only node: random CONDITIONING of a text encoder's shape, standing in for T5-XXL / UMT5-XXL (~5 B
+# parameters each) when the real-model workflows run on tiny random-weight checkpoints.
+TINY_CONDITIONING = """
+import torch
+
+
+class TinyConditioning:
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"default": 1, "min": 0, "max": 8192}
+        return {"required": {"width": ("INT", size), "pooled": ("INT", size), "tokens": ("INT", size),
+                             "seed": ("INT", size)}}
+
+    def make(self, width, pooled, tokens, seed):
+        g = torch.Generator().manual_seed(seed)
+        extra = {"pooled_output": torch.randn(1, pooled, generator=g)} if pooled else {}
+        return ([[torch.randn(1, tokens, width, generator=g), extra]],)
+
+
+NODE_CLASS_MAPPINGS = {"TinyConditioning": TinyConditioning}
+"""
+
+
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "turbosample-pack").symlink_to(ROOT, target_is_directory=True)
+    (base / "custom_nodes" / "tiny_conditioning").mkdir()
+    (base / "custom_nodes" / "tiny_conditioning" / "__init__.py").write_text(TINY_CONDITIONING)
     port = free_port()
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     log = open(base / "comfyui.log", "w")
@@ -101,6 +132,57 @@ def saved_images(base: Path, entry: dict) -> list[Path]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def tiny_models(comfy):
+    """Random-weight Flux, SD3.5 and Wan 2.1 checkpoints (and VAEs) in the server's models folder."""
+    _url, base = comfy
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    out = subprocess.run([python, str(ROOT / "tests" / "comfy_tiny_models.py"), str(ROOT), str(base / "models")],
+                         cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def combo_options(spec: list) -> list | None:
+    """The choices of an /object_info input spec, V1 (``[[...], {}]``) or V3 (``["COMBO", {"options": ...}]``)."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    return spec[1].get("options") if spec[0] == "COMBO" and len(spec) > 1 else None
+
+
+POOLED = {"DualCLIPLoader": 768, "TripleCLIPLoader": 2048, "CLIPLoader": 0}  # Flux, SD3.5, Wan
+
+
+@pytest.mark.parametrize("t", [t for t in TEMPLATES if not t.builtin], ids=lambda t: t.slug)
+def test_real_model_workflows_run_on_tiny_random_checkpoints(comfy, tiny_models, t):
+    """The shipped Flux / SD3.5 / Wan workflows, as shipped (loaders, file names, steps, the pack's MagCache, RAS,
+    DualFast and scheduler) but at 64 px (Wan: 5 frames), run to an image in ComfyUI on random-weight checkpoints
+    of those architectures; their text encoders give way to random conditioning of the same shape."""
+    url, base = comfy
+    prompt = json.loads((ROOT / "workflows" / "api" / f"{t.slug}.json").read_text())
+    info = http(f"{url}/object_info")
+    for node in prompt.values():  # file names, loader types: valid choices where those files are installed
+        declared = {**info[node["class_type"]]["input"]["required"], **info[node["class_type"]]["input"].get(
+            "optional", {})}
+        for name, value in node["inputs"].items():
+            options = combo_options(declared[name]) if not isinstance(value, list) else None
+            assert options is None or value in options, (node["class_type"], name, value, options)
+    for nid, node in list(prompt.items()):
+        if node["class_type"] == "CLIPTextEncode":
+            loader = prompt[node["inputs"]["clip"][0]]["class_type"]
+            prompt[nid] = {"class_type": "TinyConditioning",
+                           "inputs": {"width": 4096, "pooled": POOLED[loader], "tokens": 8, "seed": int(nid)}}
+    for nid in [k for k, n in prompt.items() if n["class_type"] in POOLED]:
+        del prompt[nid]
+    for node in prompt.values():
+        if node["class_type"] in ("EmptySD3LatentImage", "EmptyHunyuanLatentVideo"):
+            node["inputs"].update(width=64, height=64, **({"length": 5} if "length" in node["inputs"] else {}))
+    kinds = {n["class_type"] for n in prompt.values()}
+    assert kinds & {"TurboSampleMagCache", "TurboSampleDualFastSampler"}
+    images = saved_images(base, run_prompt(url, prompt, timeout=900))
+    assert images and all(p.exists() and p.stat().st_size > 0 for p in images)
+
+
 def test_object_info_lists_every_node_with_its_inputs(comfy):
     from turbosample.nodes.registry import NODES
 
@@ -113,10 +195,13 @@ def test_object_info_lists_every_node_with_its_inputs(comfy):
         assert info[spec.node_id]["output"] == [o.type for o in spec.outputs]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "workflows" / "api").glob("*.json")), ids=lambda p: p.name)
-def test_shipped_workflows_run(comfy, path):
+BUILTIN_TEMPLATES = [t for t in TEMPLATES if t.builtin]
+
+
+@pytest.mark.parametrize("t", BUILTIN_TEMPLATES, ids=lambda t: t.slug)
+def test_shipped_workflows_run(comfy, t):
     url, base = comfy
-    entry = run_prompt(url, json.loads(path.read_text()))
+    entry = run_prompt(url, json.loads((ROOT / "workflows" / "api" / f"{t.slug}.json").read_text()))
     images = saved_images(base, entry)
     assert images and all(p.exists() for p in images)
 
@@ -243,7 +328,7 @@ def run_learn_then_sample(comfy, prep: dict, sampler: dict) -> None:
 def test_dc_solver_calibrates_inside_comfyui_and_its_sampler_runs_on_the_file(comfy):
     run_learn_then_sample(
         comfy, {"class_type": "TurboSampleDCSolverCalibrate", "inputs": {
-            "seed": 3, "cfg": 4.0, "steps": 5, "scheduler": "simple", "samples": 1, "filename": "acceptance_dc.json"}},
+            "sigmas": ["6", 0], "seed": 3, "cfg": 4.0, "samples": 1, "filename": "acceptance_dc.json"}},
         {"class_type": "TurboSampleDCSolverSampler", "inputs": {"calibration": ["10", 0], "cfg": 4.0}})
     written = list(comfy[1].rglob("acceptance_dc.json"))
     assert written and len(json.loads(written[0].read_text())["ratios"]) == 5
@@ -299,29 +384,125 @@ def test_bad_input_is_reported_by_comfyui(comfy):
     assert "width must be 16 plus a multiple of 4, got 30" in json.dumps(status["messages"])
 
 
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# After loading a workflow: the prompt the frontend makes of it, and every node as drawn (size kept from the file
+# or grown to what the node needs, bounds with the title bar, the title's text width) in the canvas's coordinates.
+LOAD_AND_MEASURE = """async (wf) => {
+    await window.app.loadGraphData(wf);
+    await new Promise(r => setTimeout(r, 500));
+    const canvas = window.app.canvas, ctx = canvas.canvas.getContext('2d');
+    const nodes = window.app.graph._nodes.map(n => {
+        ctx.font = n.titleFontStyle;
+        return {id: n.id, title: n.title, size: [...n.size], computed: [...n.computeSize()],
+                bounds: [...n.getBounding()], title_width: ctx.measureText(n.title).width};
+    });
+    const r = canvas.canvas.getBoundingClientRect();
+    return {prompt: (await window.app.graphToPrompt()).output, nodes,
+            view: {scale: canvas.ds.scale, offset: [...canvas.ds.offset], width: r.width, height: r.height}};
+}"""
+
+
+def frontend_page(p, url: str):
+    browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=FLAGS)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
+    return browser, page
+
+
+def drawn_layout_problems(ui: dict, drawn: dict) -> list[str]:
+    """Nodes the frontend grew past their stored size, titles it cuts, overlaps, nodes outside the canvas."""
+    from turbosample.nodes.layout import TITLE_BUTTONS, overlaps
+
+    stored = {n["id"]: n["size"] for n in ui["nodes"]}
+    view, problems = drawn["view"], []
+    scale, (ox, oy) = view["scale"], view["offset"]
+    boxes = {}
+    for n in drawn["nodes"]:
+        name = f"{n['id']} {n['title']}"
+        if n["size"] != stored[n["id"]] or n["computed"][0] > n["size"][0] or n["computed"][1] > n["size"][1]:
+            problems.append(f"{name}: stored {stored[n['id']]}, drawn {n['size']}, needs {n['computed']}")
+        if n["title_width"] > n["size"][0] - TITLE_BUTTONS:
+            problems.append(f"{name}: title cut ({n['title_width']:.0f} px in {n['size'][0]})")
+        x, y, w, h = n["bounds"]
+        boxes[name] = (x, y, x + w, y + h)
+        left, top, right, bottom = (x + ox) * scale, (y + oy) * scale, (x + w + ox) * scale, (y + h + oy) * scale
+        if left < 0 or top < 0 or right > view["width"] or bottom > view["height"]:
+            problems.append(f"{name}: outside the {view['width']:.0f} x {view['height']:.0f} canvas")
+    names = list(boxes)
+    problems += [f"{a} overlaps {b}" for i, a in enumerate(names) for b in names[i + 1:]
+                 if overlaps(boxes[a], boxes[b])]
+    return problems
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")
-@pytest.mark.parametrize("path", sorted((ROOT / "workflows").glob("*.json")), ids=lambda p: p.name)
-def test_comfyui_frontend_opens_ui_workflow_as_our_api_prompt(comfy, path):
-    """ComfyUI's own web app loads the UI-format file and converts it to the prompt we ship."""
+def test_comfyui_frontend_opens_every_template_as_our_api_prompt_laid_out_in_one_view(comfy):
+    """ComfyUI's own web app (1600 x 1000 window) loads each UI-format file: it converts it to the prompt we ship,
+    keeps every node at its stored size (nothing grows over a neighbour), shows whole titles, no node covers
+    another and every node lies inside the canvas at the stored zoom and offset."""
     from playwright.sync_api import sync_playwright
 
     url, _ = comfy
-    ui = json.loads(path.read_text())
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=flags)
-        page = browser.new_page()
-        page.goto(url, wait_until="domcontentloaded")
-        page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
-        prompt = page.evaluate("""async (wf) => {
-            await window.app.loadGraphData(wf);
-            return (await window.app.graphToPrompt()).output;
-        }""", ui)
-        browser.close()
-    ours = json.loads((ROOT / "workflows" / "api" / path.name).read_text())
     strip = lambda api: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}  # noqa: E731
-    assert strip(prompt) == strip(ours)
+    failures = {}
+    with sync_playwright() as p:
+        browser, page = frontend_page(p, url)
+        for t in TEMPLATES:
+            ui = json.loads((ROOT / "workflows" / f"{t.title}.json").read_text())
+            drawn = page.evaluate(LOAD_AND_MEASURE, ui)
+            ours = json.loads((ROOT / "workflows" / "api" / f"{t.slug}.json").read_text())
+            problems = drawn_layout_problems(ui, drawn)
+            if strip(drawn["prompt"]) != strip(ours):
+                problems.append("the frontend's prompt differs from the shipped API copy")
+            if problems:
+                failures[t.title] = problems
+        browser.close()
+    assert not failures, failures
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")
+def test_template_browser_lists_our_templates_with_titles_and_thumbnails_and_opens_one(comfy):
+    """Workflow -> Browse Templates: our folder's cards carry the file names as titles and every card's .jpg
+    thumbnail loads (no 404); clicking the text-to-image card opens its graph."""
+    from urllib.parse import unquote
+
+    from playwright.sync_api import sync_playwright
+
+    url, base = comfy
+    module = "turbosample-pack"  # the custom_nodes folder name, as the fixture links it
+    assert sorted(http(f"{url}/workflow_templates")[module]) == sorted(t.title for t in TEMPLATES)
+    thumbnails: dict[str, int] = {}
+    with sync_playwright() as p:
+        browser, page = frontend_page(p, url)
+        prefix = f"/api/workflow_templates/{module}/"
+        page.on("response", lambda r: thumbnails.__setitem__(unquote(r.url.split(prefix)[-1]), r.status)
+                if prefix in r.url and r.url.endswith(".jpg") else None)
+        page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        page.get_by_text(module, exact=True).first.click()
+        page.locator(".template-card").first.wait_for(timeout=30_000)
+        for _ in range(10):  # the grid shows 12 cards, then more as it scrolls
+            page.mouse.move(800, 600)
+            page.mouse.wheel(0, 3000)
+            page.wait_for_timeout(400)
+        page.wait_for_function(f"() => document.querySelectorAll('.template-card').length >= {len(TEMPLATES)}",
+                               timeout=30_000)
+        cards = page.locator(".template-card")
+        for i in range(cards.count()):  # thumbnails load as their card scrolls into view
+            cards.nth(i).scroll_into_view_if_needed()
+            page.wait_for_timeout(150)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(base / "templates.png"))
+        titles = page.locator(".template-card h3").all_inner_texts()
+        assert sorted(titles) == sorted(t.title for t in TEMPLATES)
+        assert thumbnails == {f"{t.title}.jpg": 200 for t in TEMPLATES}
+        first = TEMPLATES[0].title
+        page.locator(f"[data-testid='template-workflow-{first}']").click()
+        page.wait_for_function("() => window.app.graph._nodes.some(n => n.type === 'TurboSampleSample')",
+                               timeout=30_000)
+        assert page.evaluate("() => window.app.graph._nodes.length") == len(
+            json.loads((ROOT / "workflows" / f"{first}.json").read_text())["nodes"])
+        browser.close()
 
 
 def test_schedules_and_samplers_match_comfyui_implementations():
@@ -341,8 +522,9 @@ def test_model_folder_exports_match_comfyuis_node_definitions(comfy, model_root)
     """The ComfyUI export of each model folder family uses nodes ComfyUI has, with the inputs it declares (names,
     required ones present, choices among its options; file names are the user's own files, not checked)."""
     from turbosample.nodes import model_folders
+    from turbosample.nodes.app_graph import to_api_prompt
     from turbosample.nodes.folder_graph import folder_of
-    from turbosample.nodes.txt2img import Settings, to_api_prompt
+    from turbosample.nodes.txt2img import Settings
 
     url, _base = comfy
     object_info = http(f"{url}/object_info")

@@ -208,14 +208,17 @@ def test_nodes_calibrate_then_sample_and_refuse_other_model(tmp_path, monkeypatc
     model = tiny_model()
     pos, neg = [[torch.randn(1, 1, 8), {}]], [[torch.randn(1, 1, 8), {}]]
     latent = {"samples": torch.zeros(1, 3, 8, 8)}
+    sigmas = compute_sigmas(model.model_sampling, "simple", 4)
     (path,) = NODE["TurboSampleDCSolverCalibrate"].run(
-        model=model, positive=pos, negative=neg, latent_image=latent, seed=3, cfg=2.0, steps=4, scheduler="simple",
-        samples=2, filename="")
+        model=model, positive=pos, negative=neg, latent_image=latent, sigmas=sigmas, seed=3, cfg=2.0, samples=2,
+        filename="")
     record = json.loads(open(path).read())
     assert path.startswith(str(tmp_path)) and record["steps"] == 4 and record["cfg"] == 2.0
     assert record["model_id"] == dcc.model_id_of(model) and record["samples"] == 2
+    assert record["sigmas"] == pytest.approx(sigmas.tolist())  # steps and sigmas come from the SIGMAS input
+    direct = dcc.calibrate_for_model(model, pos, neg, 2.0, 4, (1, 3, 8, 8), samples=2, seed=3, scheduler="simple")
+    assert record["ratios"] == direct["ratios"]  # the node calibrates exactly as the library does
     (info,) = NODE["TurboSampleDCSolverSampler"].run(model=model, calibration=path, cfg=2.0)
-    sigmas = compute_sigmas(model.model_sampling, "simple", 4)
     out = sample(model, pos, neg, torch.zeros(1, 3, 8, 8), info, sigmas, seed=7, cfg=2.0)
     plain = sample(model, pos, neg, torch.zeros(1, 3, 8, 8), SAMPLERS["uni_pc"], sigmas, seed=7, cfg=2.0)
     assert out.shape == plain.shape and torch.isfinite(out).all()
@@ -227,11 +230,16 @@ def test_nodes_calibrate_then_sample_and_refuse_other_model(tmp_path, monkeypatc
         NODE["TurboSampleDCSolverSampler"].run(model=tiny_model(1), calibration=path, cfg=2.0)
     with pytest.raises(NodeInputError, match="cannot read"):
         NODE["TurboSampleDCSolverSampler"].run(model=model, calibration="missing.json", cfg=2.0)
+    three = compute_sigmas(model.model_sampling, "simple", 3)
     with pytest.raises(NodeInputError, match="may only use"):
         NODE["TurboSampleDCSolverCalibrate"].run(
-            model=model, positive=pos, negative=neg, latent_image=latent, seed=3, cfg=2.0, steps=3,
-            scheduler="simple", samples=1, filename="../x")
+            model=model, positive=pos, negative=neg, latent_image=latent, sigmas=three, seed=3, cfg=2.0, samples=1,
+            filename="../x")
     with pytest.raises(NodeInputError, match="built-in model"):
         NODE["TurboSampleDCSolverCalibrate"].run(
-            model=object(), positive=pos, negative=neg, latent_image=latent, seed=3, cfg=2.0, steps=3,
-            scheduler="simple", samples=1, filename="")
+            model=object(), positive=pos, negative=neg, latent_image=latent, sigmas=three, seed=3, cfg=2.0,
+            samples=1, filename="")
+    with pytest.raises(NodeInputError, match="the SIGMAS have 61 steps; it calibrates runs of 3 to 60 steps"):
+        NODE["TurboSampleDCSolverCalibrate"].run(
+            model=model, positive=pos, negative=neg, latent_image=latent,
+            sigmas=compute_sigmas(model.model_sampling, "simple", 61), seed=3, cfg=2.0, samples=1, filename="")

@@ -393,8 +393,9 @@ EXPORTS = {
 
 @pytest.mark.parametrize("name", list(EXPORTS))
 def test_the_comfyui_export_uses_core_loaders_and_reads_back(models, name):
+    from turbosample.nodes.app_graph import settings_from_api, to_api_prompt, to_ui_workflow
     from turbosample.nodes.folder_graph import folder_of
-    from turbosample.nodes.txt2img import Settings, settings_from_api, to_api_prompt, to_ui_workflow
+    from turbosample.nodes.txt2img import Settings
     from turbosample.nodes.workflow import to_api, ui_to_api
 
     info = folder_of(name)
@@ -421,8 +422,9 @@ def test_the_comfyui_export_uses_core_loaders_and_reads_back(models, name):
 
 
 def test_a_two_expert_wan_has_no_comfyui_export_but_its_videos_carry_their_settings(models):
+    from turbosample.nodes.app_graph import to_api_prompt
     from turbosample.nodes.pipeline import metadata
-    from turbosample.nodes.txt2img import Settings, to_api_prompt
+    from turbosample.nodes.txt2img import Settings
     from turbosample.nodes.workflow import WorkflowError
 
     settings = Settings(model="wan22", width=32, height=32, frames=5)

@@ -18,12 +18,36 @@ def test_node_ids_are_prefixed_and_unique():
                 assert p.default in p.options()
 
 
+def test_nodes_sit_in_one_category_tree():
+    from turbosample.nodes import categories
+
+    used = {spec.category for spec in NODES}
+    assert used == set(categories.ALL)  # every branch used, nothing at the root or beside the tree
+    assert all(c.startswith("TurboSample/") and c.count("/") == 1 for c in used)
+    by_id = {spec.node_id: spec.category for spec in NODES}
+    assert by_id["TurboSampleMagCache"] == by_id["TurboSampleRAS"] == categories.ACCELERATORS
+    assert by_id["TurboSampleDPMSolverV3Sampler"] == by_id["TurboSampleDualFastSampler"] == categories.SAMPLERS
+    assert by_id["TurboSampleGITSScheduler"] == by_id["TurboSampleScheduler"] == categories.SCHEDULERS
+    assert by_id["TurboSampleMagCacheCalibrate"] == by_id["TurboSampleDPMSolverV3EMS"] == categories.CALIBRATION
+
+
 @pytest.mark.parametrize("value, message", [
     (0, ">= 1"), (1001, "<= 1000"), (2.5, "type INT"), ("x", "type INT"), (True, "type INT")])
 def test_int_input_errors(value, message):
     steps = NODE_BY_ID["TurboSampleScheduler"].param("steps")
     with pytest.raises(NodeInputError, match=message):
         steps.coerce(value)
+
+
+def test_int_inputs_stay_exact_up_to_the_largest_seed():
+    seed = NODE_BY_ID["TurboSampleSample"].param("seed")
+    for value in (2**53 + 1, 2**64 - 1, str(2**64 - 1), " 9007199254740993 "):
+        assert seed.coerce(value) == int(value) and isinstance(seed.coerce(value), int)
+    assert seed.coerce(7.0) == 7 and seed.coerce("1e3") == 1000
+    with pytest.raises(NodeInputError, match="<= 18446744073709551615, got 18446744073709551616"):
+        seed.coerce(2**64)
+    with pytest.raises(NodeInputError, match="type INT"):
+        seed.coerce(float("inf"))
 
 
 def test_float_input_rejects_nan():
@@ -73,6 +97,24 @@ def test_schedule_plot_draws_each_schedule_and_rejects_bad_sigmas():
     for bad in (torch.tensor([1.0]), torch.tensor([float("nan"), 0.0]), torch.zeros(3)):
         with pytest.raises(NodeInputError):
             plot_sigmas({"bad": bad})
+
+
+def test_schedule_plot_labels_sit_in_the_margins_below_the_title():
+    import numpy as np
+    import torch
+    from PIL import ImageDraw
+
+    from turbosample.nodes.schedule_plot import MARGIN, TITLE, chart_font, plot_sigmas
+
+    arr = np.asarray(plot_sigmas({"a": torch.linspace(14.6, 0, 9)}).convert("L"))
+    left, top, _right, _bottom = MARGIN
+    ink = arr < 128
+    assert ink[:top - 4, :left + 60].sum() == 0  # top-left corner (where a UI label sits) stays blank
+    assert ink[top - 8:top + 8, :left - 4].any()  # the largest sigma's tick label, beside the plot's top edge
+    assert ink[:top - 4].any()  # the title above the plot
+    font = chart_font()
+    draw = ImageDraw.Draw(plot_sigmas({"a": torch.linspace(1, 0, 3)}))
+    assert draw.textlength(" ", font=font) >= 3 and draw.textlength(TITLE, font=font) > 90  # spaces that show
 
 
 def test_flow_shift_scheduler_node_matches_the_flow_shift_functions_and_flux_rule():

@@ -9,6 +9,7 @@ The *Model* dropdown offers the built-in model and the folders given with ``--mo
 
 from __future__ import annotations
 
+import inspect
 import json
 import queue
 import tempfile
@@ -17,11 +18,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..nodes.app_graph import run_prompt, to_api_prompt, to_ui_workflow
 from ..nodes.media import VIDEO_SUFFIXES
 from ..nodes.pipeline import generate, save_png, settings_from_file
 from ..nodes.settings_params import HELP, LABELS, setting_params
 from ..nodes.spec import NodeInputError, Param
-from ..nodes.txt2img import Settings, run_prompt, to_api_prompt, to_ui_workflow
+from ..nodes.txt2img import Settings
 from ..nodes.workflow import WorkflowError
 from ..samplers.registry import SAMPLERS, is_cfg_pp
 
@@ -62,22 +64,24 @@ def make_component(gr, setting: str, p: Param, value, **extra):
               **extra}
     if p.type == "STRING":
         return gr.Textbox(lines=2 if p.multiline else 1, **common)
+    if p.seed:  # text, not a number box: browsers hold numbers as doubles, exact only up to 2**53
+        return gr.Textbox(lines=1, max_lines=1, **{**common, "value": str(value)})
     if p.type == "COMBO":
         choices = p.options()
         if setting == "sampler":
             choices = [(f"{n} ({SAMPLERS[n].calls_per_step:g} call/step)", n) for n in choices]
         return gr.Dropdown(choices=choices, **common)
-    if p.seed or p.max is None or p.max - (p.min or 0) > 10_000:
+    if p.max is None or p.max - (p.min or 0) > 10_000:
         return gr.Number(minimum=p.min, maximum=p.max, precision=0 if p.type == "INT" else None, **common)
     step = p.step or (1 if p.type == "INT" else 0.01)
     return gr.Slider(minimum=p.min, maximum=p.max, step=step, **common)
 
 
-def split_values(values: list, default_options=None):
-    """(settings values in ORDER, RunOptions) from a handler's inputs (ORDER, then RUN_CONTROLS if given)."""
+def split_values(values: list):
+    """(settings values in ORDER, RunOptions) from a handler's inputs (ORDER, then RUN_CONTROLS when given)."""
     from ..nodes.pipeline import RunOptions
 
-    options = RunOptions(*values[len(ORDER):]) if len(values) > len(ORDER) else (default_options or RunOptions())
+    options = RunOptions(*values[len(ORDER):]) if len(values) > len(ORDER) else RunOptions()
     return list(values[:len(ORDER)]), options
 
 
@@ -97,12 +101,39 @@ def settings_from_values(values: list) -> Settings:
 
 def values_from_settings(settings: Settings) -> list:
     data = settings.to_dict()
-    return [data[s] for s in ORDER]
+    params = setting_params()
+    return [str(data[s]) if params[s].seed else data[s] for s in ORDER]
 
 
-def run_generation(values: list, progress=None):
-    """Generator for the Generate button: yields (preview, gallery, status, last file, video)."""
+def with_setting_names(fn, extra: tuple[inspect.Parameter, ...] = (), names: tuple[str, ...] = ORDER):
+    """``fn(*values, **extra)`` exposed with one named parameter per setting (``names``: ORDER, or ORDER and the
+    RUN_CONTROLS) then ``extra``, so the API names its inputs after them; Gradio may pass the extra ones
+    (``progress``) positionally."""
+    def split(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        extra_names = [p.name for p in extra][:len(args) - len(names)]
+        return args[:len(names)], {**kwargs, **dict(zip(extra_names, args[len(names):], strict=True))}
+
+    if inspect.isgeneratorfunction(fn):
+        def wrapper(*args, **kwargs):
+            values, named = split(args, kwargs)
+            yield from fn(*values, **named)
+    else:
+        def wrapper(*args, **kwargs):
+            values, named = split(args, kwargs)
+            return fn(*values, **named)
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    wrapper.__signature__ = inspect.Signature([inspect.Parameter(s, kind) for s in names] + list(extra))
+    wrapper.__annotations__ = {p.name: p.annotation for p in extra if p.annotation is not inspect.Parameter.empty}
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def run_generation(values: list, progress=None, cancel: threading.Event | None = None):
+    """Generator for the Generate button: yields (preview, gallery, status, last file, video). Setting ``cancel``
+    (the Stop button) ends the run with a last status that says where it stopped."""
     import gradio as gr
+
+    from ..samplers.run import Interrupted
 
     values, options = split_values(values)
     try:
@@ -110,8 +141,9 @@ def run_generation(values: list, progress=None):
     except (NodeInputError, WorkflowError, ValueError) as exc:
         raise gr.Error(str(exc)) from None
     events: queue.Queue = queue.Queue()
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
     result: dict = {}
+    status = "starting"
 
     def on_step(i: int, total: int, preview) -> None:
         events.put(("step", i, total, preview))
@@ -138,10 +170,14 @@ def run_generation(values: list, progress=None):
             if i % PREVIEW_EVERY == 0 or i == total:
                 from ..nodes.pipeline import tensor_to_pil
 
-                yield tensor_to_pil(preview[:1])[0], gr.skip(), f"step {i}/{total}", gr.skip(), gr.skip()
+                status = f"step {i}/{total}"
+                yield tensor_to_pil(preview[:1])[0], gr.skip(), status, gr.skip(), gr.skip()
     finally:
-        cancel.set()  # stops the worker if the client went away or pressed Stop
+        cancel.set()  # stops the worker if the client went away
     worker.join()
+    if isinstance(result.get("error"), Interrupted):
+        yield gr.skip(), gr.skip(), stopped_status(status), gr.skip(), gr.skip()
+        return
     if "error" in result:
         raise gr.Error(f"generation failed: {result['error']}") from None
     yield finished_outputs(settings, result["images"], time.time() - start)
@@ -165,6 +201,11 @@ def finished_outputs(settings: Settings, images: list, seconds: float) -> tuple:
                  f"{Path(paths[0]).suffix[1:].upper()}"))
     gallery = [group[0] for group in group_frames(images, settings)] if mp4 else paths
     return images[0], gallery, status, paths[0], mp4
+
+
+def stopped_status(current: str) -> str:
+    """The status line after Stop: where the run stopped."""
+    return f"stopped at {current}; no image saved" if current.startswith("step ") else "stopped before the first step"
 
 
 def schedule_preview(scheduler: str, steps, flow_shift, denoise):
@@ -233,15 +274,21 @@ def read_workflow(path: str) -> list:
     """Control values from an uploaded workflow JSON (UI or API format), or a PNG or video carrying one."""
     import gradio as gr
 
+    file = Path(path)
     try:
-        settings = settings_from_file(path)
+        settings = settings_from_file(file)
     except (WorkflowError, NodeInputError, ValueError, OSError) as exc:
-        raise gr.Error(f"cannot load workflow: {exc}") from None
+        message = str(exc).replace(str(file), file.name)  # not Gradio's temporary upload folder
+        raise gr.Error(f"cannot load workflow {file.name}: {message}") from None
     return values_from_settings(settings)
+
+
+MODEL_DEFAULTS = ("width", "height", "steps", "cfg", "flow_shift", "frames", "guidance")
 
 
 def model_defaults(model: str) -> tuple[dict, str]:
     """The settings a model starts from and a line describing it (for the Model dropdown)."""
+    from ..models.diffusers_folder import describe
     from ..nodes.folder_graph import folder_of
     from ..nodes.model_folders import BUILTIN
 
@@ -249,20 +296,7 @@ def model_defaults(model: str) -> tuple[dict, str]:
         return ({s: Settings().to_dict()[s] for s in ("width", "height", "steps", "cfg", "flow_shift")},
                 "Built-in emoji model (64 px, pixel space).")
     info = folder_of(model)
-    from ..models.diffusers_folder import describe
-
     return info.defaults(), describe(info)
-
-
-def on_model_input(model: str):
-    """The user picked a model: its own defaults (size, steps, cfg, shift, frames, guidance) and its line."""
-    import gradio as gr
-
-    try:
-        defaults, line = model_defaults(model)
-    except WorkflowError as exc:
-        raise gr.Error(str(exc)) from None
-    return (*(defaults.get(s, gr.skip()) for s in MODEL_DEFAULTS), line)
 
 
 def model_view(model: str) -> tuple[str, bool, bool]:
@@ -278,6 +312,17 @@ def model_view(model: str) -> tuple[str, bool, bool]:
     return line, bool(info and info.video), bool(info and info.guidance_embeds)
 
 
+def on_model_input(model: str):
+    """The user picked a model: its own defaults (size, steps, cfg, shift, frames, guidance) and its line."""
+    import gradio as gr
+
+    try:
+        defaults, line = model_defaults(model)
+    except WorkflowError as exc:
+        raise gr.Error(str(exc)) from None
+    return (*(defaults.get(s, gr.skip()) for s in MODEL_DEFAULTS), line)
+
+
 def on_model_change(model: str):
     """After the model changed (picked, or set by a loaded workflow): its line; Frames, Flux guidance and the video
     player shown only where they apply (values stay)."""
@@ -285,9 +330,6 @@ def on_model_change(model: str):
 
     line, video, guidance = model_view(model)
     return line, gr.update(visible=video), gr.update(visible=guidance), gr.update(visible=video)
-
-
-MODEL_DEFAULTS = ("width", "height", "steps", "cfg", "flow_shift", "frames", "guidance")
 
 
 def run_controls(gr, options):
@@ -354,22 +396,45 @@ def build_demo(model: str | None = None, options=None):
                 video = gr.Video(label="Video", elem_id="video", interactive=False, autoplay=True, loop=True,
                                  visible=shows_video)
                 last_png = gr.File(label="PNG or video with workflow", elem_id="png_file")
-                schedule = gr.Image(label="Schedule (sigma against step)", type="pil", elem_id="schedule_plot",
-                                    interactive=False, height=240,
+                schedule = gr.Image(label="Schedule (sigma against step)", show_label=False, type="pil",
+                                    elem_id="schedule_plot", interactive=False, height=240,
                                     value=schedule_preview(defaults["scheduler"], defaults["steps"],
                                                            defaults["flow_shift"], defaults["denoise"]))
-        settings_inputs = [components[s] for s in ORDER]
-        inputs = settings_inputs + controls
+        inputs = [components[s] for s in ORDER]
+        run_inputs = inputs + controls  # the settings, then where the model runs
 
-        def on_generate(*values, progress=gr.Progress()):
-            yield from run_generation(list(values), progress)
+        running: dict[str, threading.Event] = {}  # browser session -> the Stop flag of its run
 
-        event = run_btn.click(on_generate, inputs, [preview, gallery, status, last_png, video], api_name="generate",
-                              concurrency_limit=1, concurrency_id="sampler")
-        stop_btn.click(None, None, None, cancels=[event], api_name=False)
-        save_ui.click(lambda *v: write_workflow(list(v), False), inputs, save_ui, api_name="save_workflow")
-        save_api.click(lambda *v: write_workflow(list(v), True), inputs, save_api, api_name="save_api")
-        load.upload(read_workflow, load, settings_inputs, api_name="load_workflow")
+        def on_generate(*values, progress=gr.Progress(), request: gr.Request = None):
+            cancel = threading.Event()
+            session = getattr(request, "session_hash", None)
+            running[session] = cancel
+            try:
+                yield from run_generation(list(values), progress, cancel)
+            finally:
+                if running.get(session) is cancel:
+                    del running[session]
+
+        def on_stop(request: gr.Request):
+            """Flags the session's run: it ends after the current step with a 'stopped at step' status (Gradio's
+            own cancel would leave every output marked 'Error')."""
+            if getattr(request, "session_hash", None) in running:
+                running[request.session_hash].set()
+
+        on_stop.__annotations__ = {"request": gr.Request}  # a class, not this module's postponed string
+
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        extra = (inspect.Parameter("progress", kind, default=gr.Progress()),
+                 inspect.Parameter("request", kind, default=None, annotation=gr.Request))
+        run_btn.click(with_setting_names(on_generate, extra, ORDER + RUN_CONTROLS), run_inputs,
+                      [preview, gallery, status, last_png, video], api_name="generate", concurrency_limit=1,
+                      concurrency_id="sampler")
+        stop_btn.click(on_stop, None, None, api_name=False, queue=False)
+        save_ui.click(with_setting_names(lambda *v: write_workflow(list(v), False)), inputs, save_ui,
+                      api_name="save_workflow")
+        save_api.click(with_setting_names(lambda *v: write_workflow(list(v), True)), inputs, save_api,
+                       api_name="save_api")
+        load.upload(read_workflow, load, inputs, api_name="load_workflow", show_progress="hidden")  # errors: a toast
         components["model"].input(on_model_input, components["model"],
                                   [*(components[s] for s in MODEL_DEFAULTS), model_line], api_name="model_changed",
                                   queue=False)
@@ -379,8 +444,8 @@ def build_demo(model: str | None = None, options=None):
         plot_inputs = [components[s] for s in ("scheduler", "steps", "flow_shift", "denoise")]
         for control in plot_inputs:
             control.change(schedule_preview, plot_inputs, schedule, api_name=False, queue=False)
-        compare_btn.click(lambda *v: compare_with_baseline(list(v)), inputs, compare_out, api_name="compare",
-                          concurrency_limit=1, concurrency_id="sampler")
+        compare_btn.click(with_setting_names(lambda *v: compare_with_baseline(list(v)), names=ORDER + RUN_CONTROLS),
+                          run_inputs, compare_out, api_name="compare", concurrency_limit=1, concurrency_id="sampler")
         last_sampler = gr.State(defaults["sampler"])
 
         def on_sampler(sampler, previous, cfg):
