@@ -116,7 +116,7 @@ def run_graph(settings: Settings, info: FolderInfo) -> tuple[list[tuple], list[t
     edges = [(*remap.get(src, (src, slot)), dst, name) for src, slot, dst, name in edges]
     edges += [("model", 1, "prompts", "pipeline"), ("model", 1, "latent", "pipeline"),
               ("model", 1, "decode", "pipeline")]
-    return ends[:1] + ends[1:3] + nodes + ends[3:], edges
+    return ends[:3] + nodes + ends[3:], edges
 
 
 def run_api_prompt(settings: Settings) -> dict:
