@@ -208,15 +208,17 @@ def model_size_factor(model) -> tuple[int, str] | None:
     """(factor, what it is) for the model behind a k-diffusion denoiser: the latent sides it needs.
 
     Our loop's CFG denoiser carries its ``DiffusionModel`` (``turbosample_model``): its ``size_factor`` (set by the
-    loaders and ``accel.adapter.diffusion_model`` from the adapter's patch size), else a ``patch_size`` of the network
-    or its config. A ComfyUI model: a DiT's patch size, or a UNet's 2 ** downsamples (one per ``channel_mult``
-    level but the last), read from ``diffusion_model`` or ``model_config.unet_config``. None when nothing tells.
+    loaders and ``accel.adapter.diffusion_model`` from the adapter's patch size), else the network's own
+    ``size_factor`` (DiffusersDiT, DiffusersUNet), else a ``patch_size`` of the network or its config. A ComfyUI
+    model: a DiT's patch size, or a UNet's 2 ** downsamples (one per ``channel_mult`` level but the last), read from
+    ``diffusion_model`` or ``model_config.unet_config``. None when nothing tells.
     """
     ours = getattr(model, "turbosample_model", None)
     if ours is not None:
-        if getattr(ours, "size_factor", None):
-            return int(ours.size_factor), f"the model's size factor {int(ours.size_factor)}"
         net = ours.diffusion_model
+        factor = getattr(ours, "size_factor", None) or getattr(net, "size_factor", None)  # our networks tell it
+        if factor:
+            return int(factor), f"the model's size factor {int(factor)}"
         patch = _spatial(getattr(net, "patch_size", None)) or _spatial(getattr(getattr(net, "config", None),
                                                                                "patch_size", None))
         return (patch, f"the model's patch size {patch}") if patch else None
