@@ -127,6 +127,11 @@ def run_api_prompt(settings: Settings) -> dict:
 
 # --- the ComfyUI export ---------------------------------------------------------------------------------------
 
+def wan22_vae(info: FolderInfo) -> bool:
+    """Wan 2.2's VAE (16x spatial; ComfyUI's Wan22ImageToVideoLatent makes its empty latent)."""
+    return info.video and info.vae_factor == 16
+
+
 def loader_nodes(info: FolderInfo, settings: Settings) -> tuple[list[tuple], list[tuple], tuple, tuple]:
     """The model, text encoder and VAE loaders (and the model-sampling node, key ``model``); returns nodes, edges,
     and the (key, slot) of the CLIP and the VAE."""
@@ -136,7 +141,7 @@ def loader_nodes(info: FolderInfo, settings: Settings) -> tuple[list[tuple], lis
         nodes = [("checkpoint", "CheckpointLoaderSimple", 0, {}, {"ckpt_name": file})]
         clip, vae = ("checkpoint", 1), ("checkpoint", 2)
     else:
-        vae_file = ("wan2.2_vae.safetensors" if info.latent_channels == 48 else "wan_2.1_vae.safetensors") \
+        vae_file = ("wan2.2_vae.safetensors" if wan22_vae(info) else "wan_2.1_vae.safetensors") \
             if family == "wan" else "ae.safetensors"
         nodes = [("checkpoint", "UNETLoader", 0, {}, {"unet_name": file}),
                  ("vae", "VAELoader", 0, {}, {"vae_name": vae_file})]
@@ -175,7 +180,7 @@ def export_graph(settings: Settings) -> tuple[list[tuple], list[tuple], dict]:
         if info.guidance_embeds:
             ends.append((key, "FluxGuidance", 1, {"guidance": "guidance"}, {}))
             edges.append((text_key, 0, key, "conditioning"))
-    if info.video and info.latent_channels == 48:
+    if wan22_vae(info):
         ends.append(("latent", "Wan22ImageToVideoLatent", 1, VIDEO_SIZE, {}))
         edges.append((*vae, "latent", "vae"))
     else:

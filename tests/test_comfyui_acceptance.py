@@ -530,7 +530,7 @@ def test_model_folder_exports_match_comfyuis_node_definitions(comfy, model_root)
     object_info = http(f"{url}/object_info")
     model_folders.configure(model_root)
     try:
-        for name in ("sd3", "sd35", "flux_dev", "flux_schnell", "sd15", "sd2_v", "sdxl", "wan21"):
+        for name in ("sd3", "sd35", "flux_dev", "flux_schnell", "sd15", "sd2_v", "sdxl", "wan21", "wan22_ti2v"):
             info = folder_of(name)
             unet = info.family in ("sd", "sdxl")
             accelerators = {"loop_accelerator": "bottleneck"} if unet else {"magcache_threshold": 0.2, "ras_ratio": 0.5}

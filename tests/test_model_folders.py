@@ -62,13 +62,14 @@ def test_folders_are_read_from_their_configs(model_root):
     infos = {name: inspect_folder(model_root / name) for name in FAMILIES}
     assert {n: i.family for n, i in infos.items()} == {
         "sd3": "sd3", "sd35": "sd3", "flux_dev": "flux", "flux_schnell": "flux", "sd15": "sd", "sd2_v": "sd",
-        "sdxl": "sdxl", "wan21": "wan", "wan22": "wan"}
+        "sdxl": "sdxl", "wan21": "wan", "wan22": "wan", "wan22_ti2v": "wan"}
     assert [infos[n].multiple for n in ("sd3", "flux_dev", "sd15", "sdxl", "wan21")] == [16, 16, 8, 8, 16]
     assert infos["sd35"].dual_attention and not infos["sd3"].dual_attention
     assert infos["flux_dev"].guidance_embeds and infos["flux_dev"].dynamic_shift == (0.5, 1.15, 256, 4096)
     assert not infos["flux_schnell"].guidance_embeds and infos["flux_schnell"].dynamic_shift is None
     assert (infos["sd15"].prediction, infos["sd2_v"].prediction) == ("eps", "v_prediction")
     assert infos["wan22"].two_experts and not infos["wan21"].two_experts and infos["wan21"].temporal_factor == 4
+    assert infos["wan22_ti2v"].multiple == 32 and not infos["wan22_ti2v"].two_experts
     assert infos["sd3"].flow_shift == 3.0 and infos["wan21"].flow_shift == 3.0
     assert latent_shape(infos["wan21"], 48, 32, 9, 2) == (2, 4, 3, 4, 6)
     assert latent_shape(infos["flux_dev"], 48, 32, 1, 1) == (1, 4, 4, 6)  # unpacked: Flux packs 2x2 inside
@@ -152,7 +153,8 @@ def loaded_dtype() -> torch.dtype:
 
 # one sampler of each kind per family: single-step, multistep, two-call, stochastic (Brownian and ancestral), CFG++
 KINDS = {"sd3": "euler", "sd35": "dpmpp_2m", "flux_dev": "heun", "flux_schnell": "euler_ancestral", "sd15": "uni_pc",
-         "sd2_v": "dpmpp_sde", "sdxl": "euler_cfg_pp", "wan21": "dpmpp_2m", "wan22": "euler"}
+         "sd2_v": "dpmpp_sde", "sdxl": "euler_cfg_pp", "wan21": "dpmpp_2m", "wan22": "euler",
+         "wan22_ti2v": "heun"}
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -171,7 +173,7 @@ def test_cli_runs_each_family_in_bf16_and_the_file_carries_its_settings(models, 
         assert imageio_ffmpeg.count_frames_and_secs(str(out))[0] == 5
         meta = read_video_metadata(out)
         assert json.loads(meta["parameters"])["model"] == name
-        assert ("workflow" in meta) == (name == "wan21")  # a two-expert Wan 2.2 has no ComfyUI export
+        assert ("workflow" in meta) == (name != "wan22")  # a two-expert Wan 2.2 has no ComfyUI export
     else:
         png = Image.open(out)
         assert png.size == (SIZE, SIZE) and image(out).std() > 1
@@ -199,6 +201,7 @@ ACCELERATED = [
     ("wan21", ["--ras-ratio", "0.5"], None),
     ("wan21", ["--loop-accelerator", "bottleneck"], "video latents such as Wan's are not supported"),
     ("wan22", ["--magcache-threshold", "1"], "Wan 2.2's two experts"),
+    ("wan22_ti2v", ["--ras-ratio", "0.5", "--magcache-threshold", "1"], None),
 ]
 
 
@@ -388,6 +391,8 @@ EXPORTS = {
     "sdxl": {"CheckpointLoaderSimple", "ModelSamplingDiscrete", "EmptyLatentImage"},
     "wan21": {"UNETLoader", "CLIPLoader", "VAELoader", "ModelSamplingSD3", "EmptyHunyuanLatentVideo",
               "SaveAnimatedWEBP"},
+    "wan22_ti2v": {"UNETLoader", "CLIPLoader", "VAELoader", "ModelSamplingSD3", "Wan22ImageToVideoLatent",
+                   "SaveAnimatedWEBP"},
 }
 
 
@@ -402,7 +407,7 @@ def test_the_comfyui_export_uses_core_loaders_and_reads_back(models, name):
     unet = info.family in ("sd", "sdxl")
     accelerators = {"loop_accelerator": "dualfast"} if unet else {"magcache_threshold": 0.2, "ras_ratio": 0.5}
     video = {"frames": 9} if info.video else {}  # image models have no frame count in their graph
-    settings = Settings(**{**info.defaults(), "width": 64, "height": 48, "flow_shift": 2.0, **video},
+    settings = Settings(**{**info.defaults(), "width": 96, "height": 64, "flow_shift": 2.0, **video},
                         model=name, prompt="a red fox", negative_prompt="blurry", seed=4, **accelerators)
     api = to_api_prompt(settings)
     classes = {node["class_type"] for node in api.values()}

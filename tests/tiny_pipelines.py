@@ -2,8 +2,9 @@
 
 Nothing is downloaded: configs are small by hand, tokenizers are made here (a character-level BPE for CLIP, a
 character-level Unigram for T5 / UMT5, both backed by the ``tokenizers`` library), weights are random. The VAEs keep
-the real spatial factor 8 (Wan: 8 spatial, 4 temporal), so size rules are the real ones (SD3 / Flux / Wan 2.1:
-multiples of 16 pixels, SD / SDXL: multiples of 8, Wan frames 4k + 1); everything else is a few channels wide.
+the real spatial factors (8; Wan 2.2's VAE 16; Wan: 4 temporal), so size rules are the real ones (SD3 / Flux /
+Wan 2.1: multiples of 16 pixels, Wan 2.2 TI2V: 32, SD / SDXL: 8, Wan frames 4k + 1); everything else is a few
+channels wide.
 
     python tests/tiny_pipelines.py OUT_DIR      # writes every family under OUT_DIR/<name>
 """
@@ -72,10 +73,16 @@ def image_vae(latent_channels: int, flow: bool):
                          shift_factor=0.1 if flow else None, mid_block_add_attention=False).eval()
 
 
-def wan_vae():
+def wan_vae(wan22: bool = False):
+    """Wan 2.1's VAE (8x spatial), or Wan 2.2's (residual, 2x2 pixel patches, 16x spatial) with 8 latent channels."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(1)
+    if wan22:
+        return AutoencoderKLWan(base_dim=4, decoder_base_dim=4, z_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                temperal_downsample=[False, True, True], latents_mean=[0.1, -0.1] * 4,
+                                latents_std=[1.5, 2.0] * 4, is_residual=True, in_channels=12, out_channels=12,
+                                patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4).eval()
     return AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                             temperal_downsample=[False, True, True], latents_mean=[0.1, -0.1, 0.2, 0.0],
                             latents_std=[1.5, 2.0, 1.0, 1.2]).eval()
@@ -143,28 +150,33 @@ def sdxl():
                                      text_encoder_2=clip_text(8, True, 4), tokenizer_2=clip_tokenizer())
 
 
-def wan_transformer(seed: int):
+def wan_transformer(seed: int, channels: int = 4):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
-                                 out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
-                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                 in_channels=channels, out_channels=channels, text_dim=16, freq_dim=16, ffn_dim=32,
+                                 num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                 rope_max_seq_len=32).eval()
 
 
-def wan(two_experts: bool = False):
+def wan(two_experts: bool = False, ti2v: bool = False):
+    """Wan 2.1; Wan 2.2 A14B (two experts switched at boundary_ratio); Wan 2.2 TI2V (its VAE, per-token
+    timesteps: expand_timesteps)."""
     from diffusers import UniPCMultistepScheduler, WanPipeline
 
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    experts = dict(transformer_2=wan_transformer(7), boundary_ratio=0.875) if two_experts else {}
-    return WanPipeline(transformer=wan_transformer(2), scheduler=scheduler, vae=wan_vae(),
-                       text_encoder=t5_text(16, umt5=True, seed=5), tokenizer=t5_tokenizer(), **experts)
+    extra = dict(transformer_2=wan_transformer(7), boundary_ratio=0.875) if two_experts else {}
+    if ti2v:
+        extra = dict(expand_timesteps=True)
+    return WanPipeline(transformer=wan_transformer(2, 8 if ti2v else 4), scheduler=scheduler, vae=wan_vae(ti2v),
+                       text_encoder=t5_text(16, umt5=True, seed=5), tokenizer=t5_tokenizer(), **extra)
 
 
 FAMILIES: dict[str, Callable] = {
     "sd3": sd3, "sd35": lambda: sd3(dual_attention=True), "flux_dev": flux, "flux_schnell": lambda: flux(False),
     "sd15": sd15, "sd2_v": lambda: sd15("v_prediction"), "sdxl": sdxl, "wan21": wan,
-    "wan22": lambda: wan(two_experts=True),
+    "wan22": lambda: wan(two_experts=True), "wan22_ti2v": lambda: wan(ti2v=True),
 }
 
 
