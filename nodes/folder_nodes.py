@@ -18,7 +18,8 @@ MAX_SIDE = 8192
 def load_folder_model(model_name: str, flow_shift: float, width: int, height: int, device: str = "auto",
                       dtype: str = "auto", offload: bool = False) -> tuple:
     """(MODEL, PIPELINE) of the named folder; Flux dev's resolution-dependent shift uses ``width`` x ``height``."""
-    from ..models.diffusers_folder import inspect_folder, load, model_for
+    from ..models.diffusers_folder import inspect_folder
+    from ..models.diffusers_pipeline import load, model_for
     from ..models.placement import PlacementError, check_offload, resolve_device, resolve_dtype
     from .model_folders import resolve
 
@@ -34,7 +35,7 @@ def load_folder_model(model_name: str, flow_shift: float, width: int, height: in
 
 def encode_folder_prompts(pipeline, text: str, negative_text: str, guidance: float) -> tuple:
     """(positive, negative) CONDITIONING from the folder's own text encoders."""
-    from ..models.diffusers_folder import encode
+    from ..models.diffusers_pipeline import encode
 
     return encode(pipeline, text, negative_text, guidance)
 
@@ -56,7 +57,7 @@ def decode_folder(pipeline, samples: dict) -> tuple:
     """The folder's VAE: LATENT -> IMAGE (a video's frames one after another)."""
     import torch
 
-    from ..models.diffusers_folder import decode
+    from ..models.diffusers_pipeline import decode
 
     if not torch.isfinite(samples["samples"]).all():
         raise NodeInputError("the latent to decode contains NaN or infinite values")

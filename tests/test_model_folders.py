@@ -18,16 +18,9 @@ pytest.importorskip("diffusers")
 from tiny_pipelines import FAMILIES  # noqa: E402
 
 from turbosample.cli import main  # noqa: E402
-from turbosample.models import diffusers_folder  # noqa: E402
-from turbosample.models.diffusers_folder import (  # noqa: E402
-    ModelFolderError,
-    decode,
-    encode,
-    inspect_folder,
-    latent_shape,
-    load,
-    model_for,
-)
+from turbosample.models import diffusers_pipeline  # noqa: E402
+from turbosample.models.diffusers_folder import ModelFolderError, inspect_folder, latent_shape  # noqa: E402
+from turbosample.models.diffusers_pipeline import decode, encode, load, model_for  # noqa: E402
 from turbosample.nodes import model_folders  # noqa: E402
 from turbosample.nodes.media import read_video_metadata  # noqa: E402
 from turbosample.nodes.pipeline import settings_from_file  # noqa: E402
@@ -145,7 +138,7 @@ def loaded_dtype() -> torch.dtype:
     aside) and of its VAE."""
     from turbosample.samplers.denoiser import network_placement
 
-    (loaded,) = diffusers_folder._LOADED.values()
+    (loaded,) = diffusers_pipeline._LOADED.values()
     dtype = network_placement(loaded.network)[1]
     assert loaded.pipe.vae.dtype == dtype
     return dtype
@@ -316,11 +309,11 @@ def custom_code(root):
     ("wan21", ["--out", "frames.png"], "this model makes videos: --out must end in .mp4, .webp, .gif"),
 ])
 def test_sizes_frames_and_options_the_model_cannot_take(models, tmp_path, capsys, name, options, message):
-    diffusers_folder.unload()
+    diffusers_pipeline.unload()
     out = ["--out", str(tmp_path / ("x.mp4" if name.startswith("wan") else "x.png"))]
     assert run_cli("--model", name, *out, *options) == 2
     assert message in capsys.readouterr().err
-    assert not diffusers_folder._LOADED  # refused before anything loads
+    assert not diffusers_pipeline._LOADED  # refused before anything loads
 
 
 def test_out_of_memory_is_reported_as_the_gpu_issue_does(models, tmp_path, capsys, monkeypatch):
@@ -334,7 +327,7 @@ def test_out_of_memory_is_reported_as_the_gpu_issue_does(models, tmp_path, capsy
         assert run_cli("--model", "sd15", "--out", str(tmp_path / "x.png")) == 2
     err = capsys.readouterr().err
     assert "out of memory on cpu sampling a (1, 4, 4, 4) latent" in err and "--offload" in err
-    (loaded,) = diffusers_folder._LOADED.values()
+    (loaded,) = diffusers_pipeline._LOADED.values()
     monkeypatch.setattr(type(loaded.pipe.vae), "decode", no_memory)
     assert run_cli("--model", "sd15", "--out", str(tmp_path / "x.png")) == 2
     assert "out of memory on cpu decoding with the VAE of sd15" in capsys.readouterr().err
