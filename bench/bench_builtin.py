@@ -48,11 +48,29 @@ def time_default(runs: int) -> dict:
             "min_s": min(times), "max_s": max(times)}
 
 
-def rank_of_targets(images: torch.Tensor, generated: torch.Tensor, targets: list[int]) -> list[int]:
+def nearest_distances(images: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+    """(generated, training images) pixel distances at 32x32."""
     ref = F.interpolate(images, size=(32, 32), mode="area").flatten(1)
     gen = F.interpolate(generated, size=(32, 32), mode="area").flatten(1)
-    dists = torch.cdist(gen, ref)
+    return torch.cdist(gen, ref)
+
+
+def rank_of_targets(images: torch.Tensor, generated: torch.Tensor, targets: list[int]) -> list[int]:
+    dists = nearest_distances(images, generated)
     return [int((dists[i] < dists[i, t]).sum()) for i, t in enumerate(targets)]
+
+
+def family(variants: list[str]) -> str:
+    """An emoji's base name: skin-tone variants ("waving hand, medium skin tone") share their base's."""
+    return variants[0].split(", ")[0]
+
+
+def miss_kinds(images, generated, targets: list[int], prompts: list[list[str]]) -> dict:
+    """Where the nearest training image of each miss lies: a skin-tone sibling of the target, or elsewhere."""
+    nearest = nearest_distances(images, generated).argmin(1).tolist()
+    misses = [(n, t) for n, t in zip(nearest, targets, strict=True) if n != t]
+    sibling = sum(family(prompts[n]) == family(prompts[t]) for n, t in misses)
+    return {"misses": len(misses), "nearest_is_skin_tone_sibling": sibling}
 
 
 def generate_batch(prompts: list[str], cfg: float, steps: int, size: int, seed: int, shift: float = 1.0
@@ -77,13 +95,15 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
     for size in sizes:
         for cfg, shift in [(c, s) for s in shifts for c in cfgs]:
             start = time.perf_counter()
-            ranks = rank_of_targets(images, generate_batch(names, cfg, steps, size, seed, shift), picks)
+            drawn = generate_batch(names, cfg, steps, size, seed, shift)
+            ranks = rank_of_targets(images, drawn, picks)
             para_ranks = rank_of_targets(images, generate_batch([p for p, _ in para], cfg, steps, size, seed, shift),
                                          [t for _, t in para])
             more_ranks = rank_of_targets(images, generate_batch([p for p, _ in more], cfg, steps, size, seed, shift),
                                          [t for _, t in more])
             rows.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps, "n": n,
                          "top1": sum(r == 0 for r in ranks) / n, "top10": sum(r < 10 for r in ranks) / n,
+                         **miss_kinds(images, drawn, picks, prompts),
                          "median_rank": statistics.median(ranks),
                          "paraphrase_top10": sum(r < 10 for r in para_ranks) / len(para),
                          "paraphrase_median_rank": statistics.median(para_ranks), "n_paraphrase": len(para),

@@ -101,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes and short runs (CPU smoke test, CI)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ", ".join(SECTIONS))
     ap.add_argument("--families", default="builtin,sd3,flux,wan", help="model families (tables skip builtin)")
-    ap.add_argument("--dtypes", default="bf16,fp16", help="precisions checked in correctness and comfy")
+    ap.add_argument("--dtypes", default=None,
+                    help="precisions checked in correctness and comfy (default bf16,fp16; bf16 with --tiny on the CPU)")
     ap.add_argument("--only", default="", help="correctness: only cases whose name contains one of these (comma)")
     ap.add_argument("--comfyui", default=None, help="a ComfyUI checkout for the comfy section")
     ap.add_argument("--table-dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
@@ -113,15 +114,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.sections = [s for s in args.sections.split(",") if s]
     args.families = [f for f in args.families.split(",") if f]
-    args.dtypes = [d for d in args.dtypes.split(",") if d]
+    tiny_cpu = args.tiny and (args.device or "cpu") == "cpu"  # float16 matmuls are emulated (slow) on the CPU
+    args.dtypes = [d for d in (args.dtypes or ("bf16" if tiny_cpu else "bf16,fp16")).split(",") if d]
     args.only = [o for o in args.only.split(",") if o]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     if args.tiny:
         args.steps, args.steps_wan, args.repeats = 6, 6, 2
-        if args.dtypes == ["bf16", "fp16"] and (args.device or "cpu") == "cpu":
-            args.dtypes = ["bf16"]  # float16 matrix products are emulated (slow) on the CPU
     return args
 
 
