@@ -204,8 +204,8 @@ def with_block_attention(dit: torch.nn.Module, fn: AttentionFn) -> torch.nn.Modu
 
 
 def is_diffusers_model(network: torch.nn.Module) -> bool:
-    inner = getattr(network, "transformer", network)
-    return hasattr(inner, "set_attention_backend")
+    """A diffusers model, or one of our wrappers around diffusers models (DiffusersDiT, UNet, Wan experts)."""
+    return any(hasattr(m, "set_attention_backend") for m in network.modules())
 
 
 def dispatches_attention(network: torch.nn.Module) -> bool:

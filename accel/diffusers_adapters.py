@@ -28,6 +28,7 @@ diffusers itself is never imported here; the adapters work on the model objects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -316,6 +317,12 @@ class DiffusersDiT(torch.nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.transformer.parameters()).dtype
+
+    @property
+    def size_factor(self) -> int:
+        """Latent sides must divide by this: the patch size of the latent (Flux packs 2x2; Wan: rows and cols)."""
+        patch = diffusers_parts(self.transformer).patch_size
+        return patch if isinstance(patch, int) else math.lcm(*(int(p) for p in patch[-2:]))
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: Context = None, **_: object) -> torch.Tensor:
         return own_forward(self.transformer, x, timestep, context)

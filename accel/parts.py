@@ -19,7 +19,7 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class UnsupportedModel(TypeError):
-    """The model has no adapter; the message names the supported ones."""
+    """The model has no adapter; the message names the supported ones and how to add one."""
 
 
 @dataclass(frozen=True)
@@ -27,14 +27,21 @@ class TransformerParts:
     """A DiT split into the pieces accelerators use.
 
     embed(x, timestep, context) -> (tokens (B, N, D), conditioning, token grid (rows, cols) or (frames, rows, cols))
-    blocks[i](tokens, cond) -> tokens           the transformer blocks, in order
+        ``x`` is the network input (B, C, H, W) (video: (B, C, F, H, W)), ``timestep`` what the network takes,
+        ``context`` the CONDITIONING entry (a tensor, a mapping, or integer class labels: kept as integers)
+    blocks[i](tokens, cond) -> tokens           the transformer blocks, in order (MagCache caches their residual)
     head(tokens, cond, grid) -> model output    projection back to the input layout
+    patch_size                                 pixels per token side (an int), or one per spatial dim
     attention_modules                          objects whose ``attention(q, k, v)`` attribute may be replaced
     run_block(i, tokens, cond, attention)      block i with ``attention(q, k, v)`` (B, heads, N, hd) used in
-                                               place of its own, without touching the module (None: unsupported)
+                                               place of its own (None: RAS refuses the model); see
+                                               ``accel.adapter.swap_attention``
     stack(tokens, cond) -> tokens               the whole block stack in one call, as the model's own forward runs
                                                it (None: the blocks in a loop); dual-stream models split the text
                                                and image streams once here instead of at every block
+    fixed_grid                                 the only token grid the model takes (a learned position table of
+                                               fixed size), None when any grid works; Bottleneck Sampling, which
+                                               runs stages at other sizes, refuses a model with one
     """
 
     name: str
@@ -45,6 +52,7 @@ class TransformerParts:
     attention_modules: Sequence[object] = ()
     run_block: Callable[[int, Tokens, torch.Tensor, AttentionFn], Tokens] | None = None
     stack: Callable[[Tokens, torch.Tensor], Tokens] | None = None
+    fixed_grid: tuple[int, ...] | None = None
 
     def run_stack(self, tokens: Tokens, cond: torch.Tensor) -> Tokens:
         """Every block, in order (``stack`` when the adapter has one)."""

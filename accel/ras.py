@@ -79,7 +79,8 @@ def ras_parts(diffusion_model: torch.nn.Module) -> TransformerParts:
     """The model's parts, or UnsupportedModel when RAS cannot run it."""
     parts = transformer_parts(diffusion_model)
     if parts.run_block is None:
-        raise UnsupportedModel(f"RAS needs per-block attention access, which the {parts.name} adapter lacks")
+        raise UnsupportedModel(f"RAS needs per-block attention access (run_block), which the {parts.name} adapter "
+                               "lacks; MagCache, Bottleneck Sampling and DualFast do not need it")
     return parts
 
 

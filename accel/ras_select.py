@@ -99,8 +99,12 @@ def token_grid(shape: tuple[int, ...] | torch.Size, patch: Patch) -> tuple[int, 
 
 
 def token_metric(output: torch.Tensor, patch: Patch, metric: str) -> torch.Tensor:
-    """(B, C, *spatial) model output -> (B, N) per-token score: std/L2 over channels, mean over the patch pixels."""
-    per_pixel = output.float().std(dim=1) if metric == "std" else output.float().norm(dim=1)
+    """(B, C, *spatial) model output -> (B, N) per-token score: std/L2 over channels, mean over the patch pixels.
+
+    ``std`` over one channel is undefined (torch returns NaN, and a NaN score would freeze the token choice), so a
+    one-channel output is scored by its magnitude |v|, which is what ``l2norm`` gives for one channel."""
+    x = output.float()
+    per_pixel = x.std(dim=1) if metric == "std" and x.shape[1] > 1 else x.norm(dim=1)
     dims = patch_dims(patch, per_pixel.ndim - 1)
     pool = {2: torch.nn.functional.avg_pool2d, 3: torch.nn.functional.avg_pool3d}.get(len(dims))
     if pool is None:

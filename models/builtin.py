@@ -59,3 +59,18 @@ def load_model(path: str | Path | None = None) -> TinyDiT:
 def cached_model(path: str | None = None) -> TinyDiT:
     """Shared read-only instance (the model holds no per-run state)."""
     return load_model(path)
+
+
+@functools.lru_cache(maxsize=2)
+def placed_model(device, dtype) -> TinyDiT | None:
+    """A copy of the shared model on ``device`` in ``dtype`` (same weights fingerprint); None for the CPU in float32,
+    where the shared instance itself serves."""
+    import copy
+
+    import torch
+
+    from ..samplers.fingerprint import to_precision
+
+    if torch.device(device).type == "cpu" and dtype == torch.float32:
+        return None
+    return to_precision(copy.deepcopy(cached_model()), device, dtype)

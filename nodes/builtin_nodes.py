@@ -16,10 +16,20 @@ PATCH = 4
 MAX_SIZE = 256
 
 
-def load_builtin_model(flow_shift: float) -> tuple:
-    from ..models.builtin import MODEL_ID, cached_model
+def load_builtin_model(flow_shift: float, device: str = "cpu", dtype: str = "fp32", offload: bool = False) -> tuple:
+    """The built-in DiT; ``device`` / ``dtype`` (run options: auto | cuda | mps | cpu, auto | bf16 | fp16 | fp32)
+    place a copy of its weights (the shared CPU float32 instance is never cast). ``offload`` is for folder models
+    (this 2 M-parameter model always fits) and is ignored."""
+    from ..models.builtin import MODEL_ID, cached_model, placed_model
+    from ..models.placement import PlacementError, resolve_device, resolve_dtype
 
-    return (DiffusionModel(cached_model(), FlowSampling(shift=flow_shift), name=MODEL_ID),)
+    try:
+        where = resolve_device(device)
+        net = placed_model(where, resolve_dtype(dtype, where))
+    except PlacementError as exc:
+        raise NodeInputError(str(exc)) from None
+    net = net if net is not None else cached_model()
+    return (DiffusionModel(net, FlowSampling(shift=flow_shift), name=MODEL_ID, size_factor=net.config.patch_size),)
 
 
 def encode_text(text: str) -> tuple:

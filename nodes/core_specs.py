@@ -1,8 +1,10 @@
-"""Declarations of the ComfyUI core nodes that the shipped real-model workflows use (as in ComfyUI 0.3.64).
+"""Declarations of the ComfyUI core nodes that the shipped real-model workflows and the ComfyUI export of a model
+folder use (as in ComfyUI 0.3.64).
 
-Only what writing a workflow needs: input names and kinds in ComfyUI's order, defaults, outputs and display
-names. They never run here (the app has its own nodes; loading such a workflow names the nodes it lacks).
-File-name widgets (models, text encoders, VAEs) are COMBOs whose options are the user's files.
+Only what writing (and reading back) a workflow needs: input names and kinds in ComfyUI's order, defaults, ranges,
+outputs and display names. They never run here (the app has its own nodes; loading such a workflow names the nodes
+it lacks, unless it is a model folder's export, which the app reads back into its settings). File-name widgets
+(models, text encoders, VAEs) are strings: their choices are the files of the ComfyUI that opens the workflow.
 """
 
 from __future__ import annotations
@@ -14,16 +16,12 @@ def _never(**_kwargs) -> tuple:
     raise NotImplementedError("a ComfyUI core node: runs in ComfyUI only")
 
 
-def _files() -> list[str]:
-    return []
-
-
 def _node(node_id: str, display_name: str, inputs: tuple[Param, ...], outputs: tuple[Output, ...]) -> NodeSpec:
     return NodeSpec(node_id, display_name, "core", "", inputs, outputs, fn=_never)
 
 
 def _file(name: str, default: str) -> Param:
-    return Param(name, "COMBO", default, choices=_files)
+    return Param(name, "STRING", default, tooltip="A file name in ComfyUI's models folders.")
 
 
 SEED_MAX = 2**64 - 1
@@ -84,6 +82,21 @@ CORE_NODES: dict[str, NodeSpec] = {spec.node_id: spec for spec in (
            Param("scheduler", "COMBO", "simple", choices=lambda: ["simple"]), Param("positive", "CONDITIONING"),
            Param("negative", "CONDITIONING"), Param("latent_image", "LATENT"),
            Param("denoise", "FLOAT", 1.0, 0.0, 1.0)),
+          (Output("LATENT", "LATENT"),)),
+    _node("ModelSamplingFlux", "ModelSamplingFlux",
+          (Param("model", "MODEL"), Param("max_shift", "FLOAT", 1.15, 0.0, 100.0),
+           Param("base_shift", "FLOAT", 0.5, 0.0, 100.0), Param("width", "INT", 1024, 16, 16384, 8),
+           Param("height", "INT", 1024, 16, 16384, 8)), (Output("MODEL", "MODEL"),)),
+    _node("ModelSamplingDiscrete", "ModelSamplingDiscrete",
+          (Param("model", "MODEL"),
+           Param("sampling", "COMBO", "eps", choices=lambda: ["eps", "v_prediction", "lcm", "x0", "img_to_img"]),
+           Param("zsnr", "BOOLEAN", False)), (Output("MODEL", "MODEL"),)),
+    _node("EmptyLatentImage", "Empty Latent Image",
+          (Param("width", "INT", 512, 16, 16384, 8), Param("height", "INT", 512, 16, 16384, 8),
+           Param("batch_size", "INT", 1, 1, 4096)), (Output("LATENT", "LATENT"),)),
+    _node("Wan22ImageToVideoLatent", "Wan22ImageToVideoLatent",
+          (Param("vae", "VAE"), Param("width", "INT", 1280, 32, 16384, 32), Param("height", "INT", 704, 32, 16384, 32),
+           Param("length", "INT", 49, 1, 16384, 4), Param("batch_size", "INT", 1, 1, 4096)),
           (Output("LATENT", "LATENT"),)),
     _node("VAEDecode", "VAE Decode", (Param("samples", "LATENT"), Param("vae", "VAE")), (Output("IMAGE", "IMAGE"),)),
     _node("SaveImage", "Save Image", (Param("images", "IMAGE"), Param("filename_prefix", "STRING", "ComfyUI")), ()),

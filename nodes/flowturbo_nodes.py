@@ -30,7 +30,8 @@ def flowturbo_info(model: object, refiner: str, schedule: str, compile: str = "a
         try:
             loaded = load_refiner(refiner, model)
         except (ValueError, FileNotFoundError, TypeError) as exc:
-            raise NodeInputError(f"refiner: {exc}") from None
+            raise NodeInputError(f"refiner: {exc}; or use a schedule without R blocks (e.g. H2P*), which needs no "
+                                 "refiner") from None
     known = [(b, n) for b, n in segments if n is not None]
     calls = sum(CALLS[b] * n for b, n in known) / max(1, sum(n for _, n in known))
     return SamplerInfo("flowturbo", sample_flowturbo, calls, f"FlowTurbo {schedule}",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..accel.adapter import UnsupportedModel
 from ..accel.magcache_calibration import Calibration, calibrate, save_calibration, weights_fingerprint
 from . import categories
 from .builtin_nodes import SEED
@@ -30,17 +31,41 @@ def check_sigmas_input(sigmas: torch.Tensor) -> int:
     return steps
 
 
+def reusable(path: Path, model, sigmas: torch.Tensor, shape: list, cfg: float) -> bool:
+    """Whether ``path`` holds a calibration of these weights, sigmas, latent size and cfg (any prompt and seed)."""
+    from ..accel.magcache_calibration import load_calibration
+
+    try:
+        cal = load_calibration(path)
+    except (FileNotFoundError, ValueError):
+        return False
+    run = sigmas.detach().float().cpu()
+    return (cal.fingerprint == weights_fingerprint(model.diffusion_model) and cal.sigmas is not None
+            and len(cal.sigmas) == len(run) and torch.allclose(torch.tensor(cal.sigmas), run, atol=1e-6, rtol=0)
+            and cal.meta.get("shape") == shape and cal.meta.get("cfg") == cfg)
+
+
 def calibrate_model(model, positive, negative, latent_image, sampler, sigmas, seed: int, cfg: float,
                     filename: str) -> tuple:
-    """Standalone: one full run of our DiffusionModel recording the ratio curves; returns the JSON path."""
+    """Standalone: one full run of our DiffusionModel recording the ratio curves; returns the JSON path. A named
+    file that already holds a calibration of these weights, sigmas, size and cfg is reused (ComfyUI's cache does
+    the same for an unchanged graph), so a graph that calibrates before MagCache pays for it once."""
     from ..samplers.denoiser import DiffusionModel
 
     if not isinstance(model, DiffusionModel):
-        raise NodeInputError("TurboSample MagCache Calibrate (model) outside ComfyUI takes the built-in model")
+        raise NodeInputError("TurboSample MagCache Calibrate (model) outside ComfyUI takes the app's MODEL (the "
+                             "built-in model or a model folder)")
     steps = check_sigmas_input(sigmas)
     latent = torch.zeros_like(latent_image["samples"])
-    cal = calibrate(model, positive, negative, latent, sampler, sigmas.float(), seed, cfg,
-                    {"shape": list(latent.shape)})
+    if filename.strip():
+        path = calibration_path(filename, "")
+        if reusable(path, model, sigmas, list(latent.shape), cfg):
+            return (str(path),)
+    try:
+        cal = calibrate(model, positive, negative, latent, sampler, sigmas.float(), seed, cfg,
+                        {"shape": list(latent.shape)})
+    except UnsupportedModel as exc:
+        raise NodeInputError(str(exc)) from None
     return (str(save_calibration(cal, calibration_path(filename, f"{cal.model_id}_{steps}steps"))),)
 
 
@@ -50,7 +75,6 @@ def comfy_calibrate_model(model, positive, negative, latent_image, sampler, sigm
     import comfy.sample
     import comfy.samplers
 
-    from ..accel.adapter import UnsupportedModel
     from ..accel.magcache_calibration import records_to_ratios
     from .comfy_magcache import recording_clone
 

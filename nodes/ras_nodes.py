@@ -97,7 +97,8 @@ NODES: tuple[NodeSpec, ...] = (
               Param("high_ratio", "FLOAT", DEFAULTS.high_ratio, 0.0, 1.0, 0.05,
                     tooltip="Share of the dropped tokens taken from the highest scores (rest: lowest)."),
               Param("metric", "COMBO", DEFAULTS.metric, choices=lambda: list(METRICS),
-                    tooltip="Per-token score of the last prediction: std or L2 norm over channels."),
+                    tooltip="Per-token score of the last prediction: std or L2 norm over channels (a "
+                            "one-channel model: its magnitude either way)."),
               Param("dynamic_step", "FLOAT", DEFAULTS.dynamic_step, 0.0, 0.5, 0.01,
                     tooltip="Dynamic ratio: extra fraction of tokens dropped per group of steps "
                             "(fewer early, more late)."),

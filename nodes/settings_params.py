@@ -12,7 +12,8 @@ LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "sampler": "
           "dualfast_coefficient": "DualFast coefficient", "attention": "Attention backend",
           "flowturbo_schedule": "FlowTurbo schedule", "sigmas_from": "Sigmas from",
           "bottleneck_scales": "Bottleneck scales", "bottleneck_noise": "Bottleneck noise",
-          "bottleneck_step_budget": "Bottleneck step budget"}
+          "bottleneck_step_budget": "Bottleneck step budget", "model": "Model", "frames": "Frames",
+          "guidance": "Flux guidance"}
 HELP = {"negative_prompt": "Text to steer away from (used by CFG); empty = the unconditional prompt.",
         "filename_prefix": "Names of saved images.",
         "magcache_threshold": "MagCache: reuse the block-stack residual while the calibrated error stays below "
@@ -36,11 +37,25 @@ LOOP_ACCELERATOR = Param("loop_accelerator", "COMBO", "none", choices=lambda: li
 
 
 def setting_params() -> dict[str, Param]:
-    """Setting name -> the Param of the node input it feeds (first occurrence in the graph)."""
+    """Setting name -> the Param of the node input it feeds (first occurrence in the graph); width and height take
+    the model folders' wider range (each model checks its own sizes), model / frames / guidance are model-folder
+    settings."""
     out: dict[str, Param] = {"loop_accelerator": LOOP_ACCELERATOR, "sigmas_from": SIGMAS_FROM}
     nodes = [(c, m) for _k, c, _p, m in BASE_GRAPH] + [(c, m) for _k, c, _p, m, _f in MODEL_PATCHES]
     for class_type, mapping in nodes + list(SAMPLER_NODES.values()) + list(SIGMAS_NODES.values()):
         spec = _spec(class_type)
         for setting, name in mapping.items():
             out.setdefault(setting, spec.param(name))
-    return out
+    return {**out, **folder_params()}
+
+
+def folder_params() -> dict[str, Param]:
+    """The settings of model folders, from the folder nodes' declarations, and the Model choice."""
+    from .folder_nodes import NODE_BY_ID
+    from .model_folders import BUILTIN, choices
+
+    latent = NODE_BY_ID["TurboSampleFolderLatent"]
+    return {"model": Param("model", "COMBO", BUILTIN, choices=choices,
+                           tooltip="The built-in model, or a diffusers pipeline folder (--models-dir / --model)."),
+            "width": latent.param("width"), "height": latent.param("height"), "frames": latent.param("frames"),
+            "guidance": NODE_BY_ID["TurboSampleFolderTextEncode"].param("guidance")}

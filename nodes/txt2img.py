@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..models.diffusers_folder import FLUX_GUIDANCE, WAN_FRAMES
 from .graph_json import GraphNode, api_prompt, ui_workflow
+from .model_folders import BUILTIN
 from .registry import NODE_BY_ID
 from .workflow import CORE_SINKS, WorkflowError, check_api
+
+FOLDER_SETTINGS = ("model", "frames", "guidance")  # settings of model folders only (nodes/folder_graph.py)
 
 # (node key, class_type, UI column, {setting: widget input}); widgets not mapped keep their declared default. The UI
 # layout stacks each column's nodes top-down in graph order (nodes/layout.py): inputs, model patches and sigmas,
@@ -153,6 +157,9 @@ class Settings:
     bottleneck_step_budget: float = _default("TurboSampleBottleneckSampler", "step_budget")
     sigmas_from: str = "schedule"
     filename_prefix: str = "turbosample"
+    model: str = BUILTIN  # the built-in model, or a model folder's name (nodes/model_folders.py, folder_graph.py)
+    frames: int = WAN_FRAMES  # video models: frames (4k+1)
+    guidance: float = FLUX_GUIDANCE  # Flux dev: its guidance embedding
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,10 +175,15 @@ class Settings:
 
 def graph_nodes(settings: Settings) -> tuple[list[GraphNode], list[tuple]]:
     """The graph as GraphNodes (widget values from the settings) and edges."""
-    nodes, edges = graph(settings)
-    values = settings.to_dict()
+    return as_graph_nodes(*graph(settings), settings.to_dict())
+
+
+def as_graph_nodes(nodes: list[tuple], edges: list[tuple], values: dict,
+                   titles: dict | None = None) -> tuple[list[GraphNode], list[tuple]]:
+    """Nodes ``(key, class_type, column, {setting: widget}, fixed widget values)`` as GraphNodes."""
+    titles = TITLES if titles is None else titles
     return [GraphNode(key, class_type, column, {**fixed, **{name: values[s] for s, name in mapping.items()}},
-                      TITLES.get(key, "")) for key, class_type, column, mapping, fixed in nodes], edges
+                      titles.get(key, "")) for key, class_type, column, mapping, fixed in nodes], edges
 
 
 def specs() -> dict:
@@ -179,64 +191,91 @@ def specs() -> dict:
 
 
 def to_api_prompt(settings: Settings) -> dict:
-    """The API-format prompt of the graph; raises WorkflowError if a setting is out of range."""
+    """The API-format prompt of the built-in model's graph; raises WorkflowError if a setting is out of range (a
+    model folder's graph: ``nodes/app_graph.py``)."""
     return check_api(api_prompt(*graph_nodes(settings), specs()))
 
 
 def to_ui_workflow(settings: Settings) -> dict:
     """The UI-format (v0.4) workflow that ComfyUI opens by drag and drop."""
     to_api_prompt(settings)  # checked first
-    return ui_workflow(*graph_nodes(settings), specs(), {"turbosample": {"settings": settings.to_dict()}})
+    stored = {k: v for k, v in settings.to_dict().items() if k not in FOLDER_SETTINGS}
+    return ui_workflow(*graph_nodes(settings), specs(), {"turbosample": {"settings": stored}})
 
 
-def settings_from_api(api: dict) -> Settings:
-    """Read the app's settings back from a prompt of this graph's shape (any node ids)."""
+def sample_inputs(api: dict) -> dict:
+    """The inputs of the graph's one TurboSample Sample node."""
     samples = [node for node in api.values() if node.get("class_type") == "TurboSampleSample"]
     if len(samples) != 1:
         raise WorkflowError("this workflow is not the app's text-to-image graph: it needs one TurboSample Sample "
                             f"node, found {len(samples)}")
-    sample = samples[0]["inputs"]
+    return samples[0]["inputs"]
 
-    def linked(ref, what: str, types) -> dict:
-        node = api.get(str(ref[0])) if isinstance(ref, list) and ref else None
-        if node is None or node.get("class_type") not in types:
-            raise WorkflowError(f"this workflow is not the app's text-to-image graph: {what} must come from "
-                                f"{' or '.join(types)}")
-        return node
 
-    def read(node: dict, mapping: dict) -> None:
-        values.update({setting: node["inputs"][name] for setting, name in mapping.items()})
+def linked_node(api: dict, ref, what: str, types) -> dict:
+    """The node an input links to, which must be one of ``types``."""
+    node = api.get(str(ref[0])) if isinstance(ref, list) and ref else None
+    if node is None or node.get("class_type") not in types:
+        raise WorkflowError(f"this workflow is not the app's text-to-image graph: {what} must come from "
+                            f"{' or '.join(types)}")
+    return node
 
-    values: dict = {"seed": sample["seed"], "cfg": sample["cfg"]}
-    encode = ("TurboSampleBuiltinTextEncode",)
-    values["prompt"] = linked(sample.get("positive"), "positive", encode)["inputs"]["text"]
-    values["negative_prompt"] = linked(sample.get("negative"), "negative", encode)["inputs"]["text"]
+
+def read_inputs(values: dict, node: dict, mapping: dict) -> None:
+    values.update({setting: node["inputs"][name] for setting, name in mapping.items()})
+
+
+def read_model_patches(api: dict, ref, values: dict, end_types: tuple) -> dict:
+    """Settings of the model patches from ``ref`` up the chain; returns the node the chain starts from."""
     patches = {ptype: pmap for _k, ptype, _p, pmap, _f in MODEL_PATCHES}
-    model = linked(sample.get("model"), "the model", ("TurboSampleBuiltinModelLoader", *patches))
+    model = linked_node(api, ref, "the model", (*end_types, *patches))
     while model["class_type"] in patches:
-        read(model, patches[model["class_type"]])
-        model = linked(model["inputs"].get("model"), "the model", ("TurboSampleBuiltinModelLoader", *patches))
-    values["flow_shift"] = model["inputs"]["flow_shift"]
+        read_inputs(values, model, patches[model["class_type"]])
+        model = linked_node(api, model["inputs"].get("model"), "the model", (*end_types, *patches))
+    return model
+
+
+def read_sampling(api: dict, sample: dict, values: dict) -> None:
+    """Seed, cfg, the sampler (or loop accelerator) and the sigmas settings."""
+    values.update({"seed": sample["seed"], "cfg": sample["cfg"]})
     sampler_types = {ctype: (name, mapping) for name, (ctype, mapping) in SAMPLER_NODES.items()}
-    sampler = linked(sample.get("sampler"), "the sampler", tuple(sampler_types))
+    sampler = linked_node(api, sample.get("sampler"), "the sampler", tuple(sampler_types))
     values["loop_accelerator"], mapping = sampler_types[sampler["class_type"]]
-    read(sampler, mapping)
+    read_inputs(values, sampler, mapping)
     sigmas_types = {ctype: (name, mapping) for name, (ctype, mapping) in SIGMAS_NODES.items()}
-    sigmas_node = linked(sample.get("sigmas"), "the sigmas", tuple(sigmas_types))
+    sigmas_node = linked_node(api, sample.get("sigmas"), "the sigmas", tuple(sigmas_types))
     values["sigmas_from"], mapping = sigmas_types[sigmas_node["class_type"]]
-    read(sigmas_node, {k: v for k, v in mapping.items() if k not in ("cfg", "seed")})
-    read(linked(sample.get("latent_image"), "the latent", ("TurboSampleEmptyLatent",)),
-         {"width": "width", "height": "height", "batch_size": "batch_size"})
+    read_inputs(values, sigmas_node, {k: v for k, v in mapping.items() if k not in ("cfg", "seed")})
+
+
+def check_same_nodes(api: dict, ours: dict, sinks: tuple = ("SaveImage",)) -> None:
+    """The prompt has exactly the node classes of our graph for the settings read from it (output nodes aside)."""
+    mine = sorted(n["class_type"] for n in ours.values() if n["class_type"] not in sinks)
+    theirs = sorted(n.get("class_type") for n in api.values() if n.get("class_type") not in (*sinks, None))
+    if mine != theirs:
+        extra = sorted(set(theirs) - set(mine)) or theirs
+        raise WorkflowError("this workflow is not the app's text-to-image graph (other nodes: "
+                            f"{', '.join(map(str, extra))})")
+
+
+def settings_from_api(api: dict) -> Settings:
+    """Read the app's settings back from a prompt of the built-in model's graph (any node ids); a model folder's
+    ComfyUI export: ``app_graph.settings_from_api``."""
+    sample = sample_inputs(api)
+    values: dict = {}
+    encode = ("TurboSampleBuiltinTextEncode",)
+    values["prompt"] = linked_node(api, sample.get("positive"), "positive", encode)["inputs"]["text"]
+    values["negative_prompt"] = linked_node(api, sample.get("negative"), "negative", encode)["inputs"]["text"]
+    model = read_model_patches(api, sample.get("model"), values, ("TurboSampleBuiltinModelLoader",))
+    values["flow_shift"] = model["inputs"]["flow_shift"]
+    read_sampling(api, sample, values)
+    read_inputs(values, linked_node(api, sample.get("latent_image"), "the latent", ("TurboSampleEmptyLatent",)),
+                {"width": "width", "height": "height", "batch_size": "batch_size"})
     saves = [node for node in api.values() if node.get("class_type") == "SaveImage"]
     if saves:
         values["filename_prefix"] = saves[0]["inputs"]["filename_prefix"]
     settings = Settings.from_dict(values)
-    ours = sorted(n["class_type"] for n in to_api_prompt(settings).values() if n["class_type"] != "SaveImage")
-    theirs = sorted(n.get("class_type") for n in api.values() if n.get("class_type") not in ("SaveImage", None))
-    if ours != theirs:
-        extra = sorted(set(theirs) - set(ours)) or theirs
-        raise WorkflowError("this workflow is not the app's text-to-image graph (other nodes: "
-                            f"{', '.join(map(str, extra))})")
+    check_same_nodes(api, to_api_prompt(settings))
     return settings
 
 

@@ -30,9 +30,29 @@ CORE_SINKS: dict[str, NodeSpec] = {
 
 
 def known_specs() -> dict[str, NodeSpec]:
+    """The nodes the app runs: the pack's, the app's own model-folder nodes and the output nodes."""
+    from .folder_nodes import NODE_BY_ID as FOLDER_NODES
     from .registry import NODE_BY_ID
 
-    return {**NODE_BY_ID, **CORE_SINKS}
+    return {**NODE_BY_ID, **FOLDER_NODES, **CORE_SINKS}
+
+
+def reading_specs(types: set) -> dict[str, NodeSpec]:
+    """The declarations to read a workflow with: what the app runs, and for a model folder's ComfyUI export (the
+    pack's TurboSample Sample with only ComfyUI core nodes besides) also those core nodes, so it reads back into
+    the app's settings. Any other graph keeps ``known_specs``, and the nodes it lacks are named."""
+    from .core_specs import CORE_NODES
+
+    specs = known_specs()
+    missing = set(types) - set(specs)
+    if "TurboSampleSample" in types and missing and missing <= set(CORE_NODES) - EXPORT_FREE:
+        return {**specs, **CORE_NODES, **CORE_SINKS}
+    return specs
+
+
+# core nodes a model folder's export never has (its sampling is the pack's): their graphs are not exports
+EXPORT_FREE = {"KSampler", "SamplerCustomAdvanced", "BasicGuider", "CFGGuider", "RandomNoise", "KSamplerSelect",
+               "BasicScheduler"}
 
 
 def parse_json(text: str | bytes) -> dict:
@@ -54,7 +74,8 @@ def check_known(types: dict[str, str], specs: dict[str, NodeSpec]) -> None:
     if missing:
         listed = ", ".join(f"{t} (node {', '.join(ids)})" for t, ids in sorted(missing.items()))
         raise WorkflowError(f"this workflow needs nodes this app does not have: {listed}. The app runs the "
-                            "TurboSample text-to-image graph on the built-in model; open this workflow in ComfyUI")
+                            "TurboSample text-to-image graph (the built-in model, or a model folder and its ComfyUI "
+                            "export); open this workflow in ComfyUI")
 
 
 def is_ui_format(data: dict) -> bool:
@@ -78,7 +99,7 @@ def split_widget_values(spec: NodeSpec, values: list, where: str) -> dict:
 
 def ui_to_api(ui: dict, specs: dict[str, NodeSpec] | None = None) -> dict:
     """Convert (and check) a UI-format workflow into the API prompt format; muted/bypassed nodes dropped."""
-    specs = specs or known_specs()
+    specs = specs or reading_specs({n.get("type") for n in ui.get("nodes", []) if isinstance(n, dict)})
     problems: list[str] = []
     nodes = {}
     for node in ui.get("nodes", []):
@@ -127,10 +148,10 @@ def output_type(spec: NodeSpec, slot: int) -> str | None:
 
 def check_api(api: dict, specs: dict[str, NodeSpec] | None = None) -> dict:
     """Every node known, every input present, widget values in range, every link type-checked."""
-    specs = specs or known_specs()
-    problems = []
     if not isinstance(api, dict) or not api:
         raise WorkflowError("the prompt has no nodes")
+    specs = specs or reading_specs({n.get("class_type") for n in api.values() if isinstance(n, dict)})
+    problems = []
     check_known({nid: node["class_type"] for nid, node in api.items()
                  if isinstance(node, dict) and "class_type" in node}, specs)
     for nid, node in api.items():

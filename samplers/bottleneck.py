@@ -32,9 +32,13 @@ defaults at 28 steps, bench/RESULTS.md).
 
 Stage sizes: every stage's latent sides must be whole multiples of the model's size factor: a DiT's patch
 size (Flux / SD3: 2, built-in: 4), a UNet's 2 ** (number of downsamples) = 2 ** (len(channel_mult) - 1)
-(SD1.5: 8, SDXL: 4), read from the ComfyUI model's diffusion_model or model_config.unet_config. Latents
+(SD1.5: 8, SDXL: 4), read from the ComfyUI model's diffusion_model or model_config.unet_config, or in the
+pack's own loop from the DiffusionModel's ``size_factor`` (set from the adapter's patch size by the loaders and
+``accel.adapter.diffusion_model``). Our loop or a ComfyUI model that tells nothing is refused rather than
+guessed; a bare denoiser function (no model to ask) is taken as the built-in model's patch 4. Latents
 are resized, so the VAE factor adds nothing (a latent side n is n * 8 pixels). Otherwise a ValueError
-names the allowed latent sides for the chosen scales.
+names the allowed latent sides for the chosen scales. A model that runs at one size only (a learned
+fixed-size position embedding: ``DiffusionModel.fixed_size``) is refused before any model call.
 
 What was verified, and where (2026-11):
 
@@ -97,7 +101,7 @@ import torch
 import torch.nn.functional as F
 
 from .model_sampling import is_flow, time_snr_shift
-from .noise import seeded_noise
+from .noise import batch_noise
 from .sampling_utils import signal_scale, split_extra_args
 
 RESIZERS = ("lanczos", "bicubic", "bilinear", "nearest", "area")
@@ -107,7 +111,7 @@ DEFAULT_NOISE = (1.0, 0.8, 0.6)
 DEFAULT_SHIFTS = (3.0, 2.0, 3.0)
 PAPER_STEP_SPLIT = (6, 20, 8)  # FLUX.1-dev table: steps per stage
 PAPER_STEP_BUDGET = 0.68  # = 34 / 50, same table: 6 + 20 + 8 = 34 steps against the 50-step baseline ("x3")
-BUILTIN_PATCH = 4  # the built-in DiT's patch size, used when the model does not tell
+BUILTIN_PATCH = 4  # the built-in DiT's patch size: assumed for a bare denoiser function (no model to ask)
 
 
 def check_step_budget(budget: float) -> None:
@@ -201,11 +205,23 @@ def _spatial(size) -> int | None:
 
 
 def model_size_factor(model) -> tuple[int, str] | None:
-    """(factor, what it is) for a ComfyUI model behind a k-diffusion denoiser: the latent sides it needs.
+    """(factor, what it is) for the model behind a k-diffusion denoiser: the latent sides it needs.
 
-    A DiT's patch size, or a UNet's 2 ** downsamples (one per ``channel_mult`` level but the last), read from
-    ``diffusion_model`` or ``model_config.unet_config``; None when neither tells.
+    Our loop's CFG denoiser carries its ``DiffusionModel`` (``turbosample_model``): its ``size_factor`` (set by the
+    loaders and ``accel.adapter.diffusion_model`` from the adapter's patch size), else the network's own
+    ``size_factor`` (DiffusersDiT, DiffusersUNet), else a ``patch_size`` of the network or its config. A ComfyUI
+    model: a DiT's patch size, or a UNet's 2 ** downsamples (one per ``channel_mult`` level but the last), read from
+    ``diffusion_model`` or ``model_config.unet_config``. None when nothing tells.
     """
+    ours = getattr(model, "turbosample_model", None)
+    if ours is not None:
+        net = ours.diffusion_model
+        factor = getattr(ours, "size_factor", None) or getattr(net, "size_factor", None)  # our networks tell it
+        if factor:
+            return int(factor), f"the model's size factor {int(factor)}"
+        patch = _spatial(getattr(net, "patch_size", None)) or _spatial(getattr(getattr(net, "config", None),
+                                                                               "patch_size", None))
+        return (patch, f"the model's patch size {patch}") if patch else None
     base = getattr(getattr(model, "inner_model", None), "inner_model", None)  # KSamplerX0Inpaint -> guider
     dm = getattr(base, "diffusion_model", None)
     config = getattr(getattr(base, "model_config", None), "unet_config", None)
@@ -251,6 +267,19 @@ def stage_size(height: int, width: int, scale: float, multiple: int, k: int, wha
     return out[0], out[1]
 
 
+def check_fixed_size(model, sizes: Sequence[tuple[int, int]]) -> None:
+    """ValueError before any model call when the model runs at one latent size only (a fixed-size position
+    embedding, ``DiffusionModel.fixed_size``) and a stage is at another."""
+    fixed = getattr(getattr(model, "turbosample_model", None), "fixed_size", None)
+    if fixed is None:
+        return
+    other = next((size for size in sizes if tuple(size) != tuple(fixed)), None)
+    if other is not None:
+        raise ValueError(f"this model runs at latent size {fixed[0]}x{fixed[1]} only (a fixed-size position "
+                         f"embedding), but Bottleneck Sampling needs a model that runs at other resolutions (a stage "
+                         f"at {other[0]}x{other[1]}); use another loop accelerator, or scales of 1")
+
+
 def check_stages(scales: Sequence[float], noise: Sequence[float], shifts: Sequence[float],
                  steps: Sequence[int] | None, resize_method: str) -> None:
     k = len(scales)
@@ -290,13 +319,20 @@ def resized_noise(eps: torch.Tensor, size: tuple[int, int], detail: torch.Tensor
     return F.interpolate(eps, size=size, mode="nearest") * gain + (detail - detail_mean)
 
 
-def renoise_seed(x: torch.Tensor, extra_args: dict, seed: int | None) -> int:
-    """ComfyUI's run seed when given, else one derived from the starting noise (same noise -> same seed)."""
+def renoise_seed(x: torch.Tensor, extra_args: dict, seed: int | None) -> int | tuple[int, ...]:
+    """ComfyUI's run seed (or the run's per-image seeds) when given, else one derived from the starting noise (same
+    noise -> same seed)."""
     if seed is not None:
         return int(seed)
     if extra_args.get("seed") is not None:
-        return int(extra_args["seed"])
+        run_seed = extra_args["seed"]
+        return int(run_seed) if isinstance(run_seed, int) else tuple(int(s) for s in run_seed)
     return int(x.detach().flatten()[:256].double().abs().sum().item() * 1e6) % (2**31)
+
+
+def offset_seed(seed: int | tuple[int, ...], k: int) -> int | tuple[int, ...]:
+    """The seed of stage ``k``'s fresh noise (per image for per-image seeds)."""
+    return seed + k if isinstance(seed, int) else tuple(s + k for s in seed)
 
 
 @torch.no_grad()
@@ -329,7 +365,8 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     if noise_source not in NOISE_SOURCES:
         raise ValueError(f"unknown noise source {noise_source!r}; choose one of {', '.join(NOISE_SOURCES)}")
     if x.ndim != 4:
-        raise ValueError(f"bottleneck sampling needs image latents (B, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"bottleneck sampling needs image latents (B, C, H, W), got shape {tuple(x.shape)} (video "
+                         "latents such as Wan's are not supported: their stages would resize frames too)")
     ms, _ = split_extra_args(model, extra_args)
     flow = is_flow(ms) if ms is not None else float(sigmas[0]) <= 1.0 + 1e-4
     if flow and float(sigmas[0]) > 1.0 + 1e-4:
@@ -344,9 +381,15 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
     if multiple:
         multiple, what = int(multiple), f"the size factor {int(multiple)}"
     else:
-        multiple, what = model_size_factor(model) or (BUILTIN_PATCH, f"the model's patch size {BUILTIN_PATCH}")
+        found = model_size_factor(model)
+        if found is None and (hasattr(model, "turbosample_model") or hasattr(model, "inner_model")):
+            raise ValueError("Bottleneck Sampling cannot tell this model's patch size (every stage's latent sides "
+                             "must divide by it): build the model with turbosample.accel.adapter.diffusion_model(), "
+                             "set DiffusionModel(size_factor=...), or give the sampler's multiple option")
+        multiple, what = found or (BUILTIN_PATCH, f"the model's patch size {BUILTIN_PATCH}")
     height, width = x.shape[-2:]
     sizes = [stage_size(height, width, s, multiple, k, what, scales) for k, s in enumerate(scales)]
+    check_fixed_size(model, sizes)
     incoming = len(sigmas) - 1
     counts = [int(n) for n in steps] if steps is not None else \
         split_steps(budget_steps(incoming, float(step_budget), len(scales)), len(scales))
@@ -370,10 +413,10 @@ def sample_bottleneck(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: 
             x0 = x if float(sigmas[-1]) == 0.0 and not stop_early else progress["denoised"]
             x0 = resize(x0, size, resize_method)
             if noise_source == "fresh":
-                eps = seeded_noise(noise_seed + k, tuple(x0.shape), device=x0.device, dtype=x0.dtype)
+                eps = batch_noise(offset_seed(noise_seed, k), tuple(x0.shape), device=x0.device, dtype=x0.dtype)
             else:
                 detail = start_noise if tuple(size) == tuple(start_noise.shape[-2:]) else \
-                    seeded_noise(noise_seed + k, (*x0.shape[:-2], *size), device=x0.device, dtype=x0.dtype)
+                    batch_noise(offset_seed(noise_seed, k), (*x0.shape[:-2], *size), device=x0.device, dtype=x0.dtype)
                 eps = resized_noise(start_noise if noise_source == "initial" else progress["eps"], size, detail)
             x = signal_scale(stage[0], flow) * x0 + stage[0] * eps
         x = fn(model, x, stage, extra_args=extra_args, callback=stage_callback, disable=disable,

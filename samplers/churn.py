@@ -67,8 +67,11 @@ def add_noise(x: torch.Tensor, sigma: torch.Tensor, sigma_to: torch.Tensor, z: t
     return scale * x + (sigma_to ** 2 - scale ** 2 * sigma ** 2).clamp(min=0) ** 0.5 * z
 
 
-def keyed_normal(x: torch.Tensor, seed: int, *key: int) -> torch.Tensor:
-    """A standard normal like ``x``, drawn on the CPU from (seed, key): same values on every device."""
+def keyed_normal(x: torch.Tensor, seed: int | tuple[int, ...], *key: int) -> torch.Tensor:
+    """A standard normal like ``x``, drawn on the CPU from (seed, key): same values on every device; a tuple of seeds
+    draws image i from its own seed."""
+    if not isinstance(seed, int):
+        return torch.cat([keyed_normal(x[i:i + 1], s, *key) for i, s in enumerate(seed)])
     generator = torch.Generator(device="cpu").manual_seed(node_seed(seed, *key) & ((1 << 63) - 1))
     return torch.randn(tuple(x.shape), generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
 

@@ -53,6 +53,9 @@ class DiffusionModel:
     model_sampling: object
     name: str = "model"
     wrappers: tuple[tuple[str, ModelWrapper], ...] = field(default=())
+    size_factor: int | None = None  # latent sides must divide by this (DiT patch, UNet 2**downsamples); None: unknown
+    fixed_size: tuple[int, ...] | None = None  # the only latent (H, W) the network takes (a fixed-size position table)
+    onload: Callable[[], None] | None = None  # called before each network call (offloaded weights onto the device)
 
     def with_wrapper(self, key: str, wrapper: ModelWrapper) -> DiffusionModel:
         """A patched copy whose network call goes through ``wrapper`` (same key replaces); self is unchanged."""
@@ -65,8 +68,10 @@ class DiffusionModel:
 
         As in ComfyUI, ``x`` and floating-point context tensors are cast to the network's device and compute
         dtype before the first wrapper (so accelerators see what the network sees), the timestep stays float32
-        on that device, and the output comes back as float32.
+        on that device, and the output comes back as float32 on ``x``'s device.
         """
+        if self.onload is not None:
+            self.onload()
 
         def call(x_: torch.Tensor, t_: torch.Tensor, c_: torch.Tensor, _options: dict) -> torch.Tensor:
             return self.diffusion_model(x_, t_, context=c_)
@@ -80,7 +85,7 @@ class DiffusionModel:
         t_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         out = call(x.to(device=device, dtype=dtype), torch.as_tensor(timestep).to(device=device, dtype=t_dtype),
                    to_network(context, device, dtype), options)
-        return out.float() if dtype != torch.float64 else out
+        return (out.float() if dtype != torch.float64 else out).to(x.device)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
                 options: dict | None = None) -> torch.Tensor:
@@ -163,4 +168,5 @@ def cfg_denoiser(model: DiffusionModel, positive: list, negative: list, cfg: flo
                       "model_options": model_options, "input": x})
         return out
 
+    denoise.turbosample_model = model  # samplers that need the model's shape rules (Bottleneck) read it here
     return denoise

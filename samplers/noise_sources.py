@@ -11,7 +11,7 @@ is at most 1/4 of a leaf's length, 2^-depth of the interval).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -102,28 +102,36 @@ class BrownianTree:
 
 
 class BrownianNoise:
-    """A k-diffusion/ComfyUI noise sampler ``fn(sigma, sigma_next)``: standardised Brownian increments in sigma."""
+    """A k-diffusion/ComfyUI noise sampler ``fn(sigma, sigma_next)``: standardised Brownian increments in sigma.
 
-    def __init__(self, x: torch.Tensor, seed: int, depth: int = 20):
-        self.tree = BrownianTree(tuple(x.shape), seed, depth)
-        self.device, self.dtype = x.device, x.dtype
+    ``seed`` is one int for the batch, or one int per image (then image i's path depends on its seed alone, so it is
+    reproduced by a batch of one with that seed)."""
+
+    def __init__(self, x: torch.Tensor, seed: int | Sequence[int], depth: int = 20):
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        shape = tuple(x.shape) if isinstance(seed, int) else (1, *x.shape[1:])
+        self.trees = [BrownianTree(shape, s, depth) for s in seeds]
+        self.tree = self.trees[0]
+        self.shape, self.device, self.dtype = tuple(x.shape), x.device, x.dtype
 
     def __call__(self, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float) -> torch.Tensor:
         t0, t1 = float(sigma), float(sigma_next)
         if t0 == t1:
-            return torch.zeros(self.tree.shape, device=self.device, dtype=self.dtype)
-        z = self.tree.increment(t0, t1) / math.sqrt(abs(t1 - t0))
+            return torch.zeros(self.shape, device=self.device, dtype=self.dtype)
+        z = torch.cat([tree.increment(t0, t1) for tree in self.trees]) / math.sqrt(abs(t1 - t0))
         return z.to(device=self.device, dtype=self.dtype)
 
 
-def resolve_seed(extra_args: dict | None) -> int:
-    """The run's seed from ``extra_args["seed"]`` (ComfyUI passes it there); a random one when absent."""
+def resolve_seed(extra_args: dict | None) -> int | tuple[int, ...]:
+    """The run's seed from ``extra_args["seed"]`` (ComfyUI passes it there; a list gives one per image); a random one
+    when absent."""
     seed = (extra_args or {}).get("seed")
     if seed is None:
         return int(torch.randint(0, 2 ** 63 - 1, ()).item())
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    return seed
+    if isinstance(seed, bool) or not (isinstance(seed, int) or (isinstance(seed, Sequence) and seed and all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seed))):
+        raise ValueError(f"seed must be an integer or a list of integers, got {seed!r}")
+    return seed if isinstance(seed, int) else tuple(seed)
 
 
 def noise_sampler_for(x: torch.Tensor, extra_args: dict | None, noise_sampler: NoiseSampler | None) -> NoiseSampler:

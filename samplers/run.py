@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from .denoiser import DiffusionModel, cfg_denoiser, network_placement
-from .noise import noisy_start, seeded_noise
+from .noise import Seed, batch_noise, check_seeds, noisy_start
 from .registry import SamplerInfo
 from .sampling_utils import MODEL_SAMPLING_KEY
 from .validate import check_finite, check_sigmas
@@ -41,10 +41,14 @@ def out_of_memory_message(model: DiffusionModel, latent: torch.Tensor, device: t
 
 
 def sample(model: DiffusionModel, positive: list, negative: list, latent: torch.Tensor, sampler: SamplerInfo,
-           sigmas: torch.Tensor, seed: int, cfg: float, add_noise: bool = True,
+           sigmas: torch.Tensor, seed: Seed, cfg: float, add_noise: bool = True,
            callback: Callable[[dict], None] | None = None, cancel: threading.Event | None = None,
            run_state: dict | None = None) -> torch.Tensor:
     """Sample from ``latent`` along ``sigmas``; ``callback`` sees k-diffusion's step dict.
+
+    ``seed`` is one int for the batch (ComfyUI's noise: one generator for the whole batch) or a list of one int per
+    image: image i then gets its own starting noise and, in stochastic samplers, its own noise path, so sampling it
+    alone with ``seed=[seeds[i]]`` (or ``seeds[i]``) gives the same image.
 
     ``run_state`` (an empty dict, optional) receives the accelerators' per-run state for inspection afterwards;
     by default every run gets a fresh one. Out of device memory raises ``OutOfMemory`` naming what to lower;
@@ -54,13 +58,16 @@ def sample(model: DiffusionModel, positive: list, negative: list, latent: torch.
     check_finite(latent, "input latent")
     if not math.isfinite(cfg):
         raise ValueError(f"cfg must be a finite number, got {cfg}")
+    seed = check_seeds(seed, latent.shape[0])
     ms = model.model_sampling
+    if model.onload is not None:
+        model.onload()
     device, dtype = network_placement(model.diffusion_model)
     device = device or torch.device("cpu")
     latent = latent.to(device=device, dtype=torch.float32)
     sigmas = sigmas.to(device)
     if add_noise:
-        x = noisy_start(ms, sigmas[0], seeded_noise(seed, tuple(latent.shape), device=device), latent)
+        x = noisy_start(ms, sigmas[0], batch_noise(seed, tuple(latent.shape), device=device), latent)
     else:
         x = latent
 
@@ -78,7 +85,7 @@ def sample(model: DiffusionModel, positive: list, negative: list, latent: torch.
 
     # fresh per run: accelerator state never leaks
     options = {"sample_sigmas": sigmas, "run_state": {} if run_state is None else run_state}
-    extra_args = {"seed": int(seed), MODEL_SAMPLING_KEY: ms}  # stochastic samplers seed their Brownian noise
+    extra_args = {"seed": seed, MODEL_SAMPLING_KEY: ms}  # stochastic samplers seed their Brownian noise
     try:
         out = sampler.fn(cfg_denoiser(model, positive, negative, cfg, options), x, sigmas, extra_args=extra_args,
                          callback=step_callback, disable=True, **sampler.options)

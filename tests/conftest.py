@@ -1,5 +1,17 @@
 import os
 
+import pytest
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory):
+    """Tiny random-weight diffusers pipeline folders, one per supported family (tests/tiny_pipelines.py)."""
+    from tiny_pipelines import write
+
+    root = tmp_path_factory.mktemp("models")
+    write(root)
+    return root

@@ -11,14 +11,15 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from turbosample.web.app import ORDER, build_demo
+from turbosample.web.app import ORDER, RUN_CONTROLS, build_demo
 
 DEFAULTS = {"prompt": "grinning face", "negative_prompt": "", "seed": "3", "steps": 3, "cfg": 4.0, "width": 32,
             "height": 32, "sampler": "euler", "scheduler": "simple", "flow_shift": 1.0, "batch_size": 1,
             "denoise": 1.0, "filename_prefix": "test", "magcache_threshold": 0.0, "magcache_max_skip_steps": 2,
             "ras_ratio": 1.0, "loop_accelerator": "none", "dualfast_coefficient": 0.0, "attention": "sdpa",
             "flowturbo_schedule": "H2P*R3", "sigmas_from": "schedule", "bottleneck_scales": "1, 0.5, 1",
-            "bottleneck_noise": "1, 0.8, 0.6", "bottleneck_step_budget": 0.68}
+            "bottleneck_noise": "1, 0.8, 0.6", "bottleneck_step_budget": 0.68, "model": "builtin", "frames": 81,
+            "guidance": 3.5}
 
 
 def values(**overrides):
@@ -168,7 +169,9 @@ def test_api_inputs_carry_the_settings_names_and_take_keywords(url):
     client = Client(url, verbose=False)
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     for name in ("/generate", "/save_workflow", "/save_api", "/compare"):
-        assert [p["parameter_name"] for p in endpoints[name]["parameters"]] == list(ORDER), name
+        runs = name in ("/generate", "/compare")  # these also take where the model runs
+        expected = list(ORDER) + (list(RUN_CONTROLS) if runs else [])
+        assert [p["parameter_name"] for p in endpoints[name]["parameters"]] == expected, name
     path = client.predict(**{**DEFAULTS, "prompt": "rocket", "steps": 5}, api_name="/save_workflow")
     saved = json.loads(open(path).read())["extra"]["turbosample"]["settings"]
     assert (saved["prompt"], saved["steps"]) == ("rocket", 5)

@@ -543,3 +543,38 @@ def test_schedules_and_samplers_match_comfyui_implementations():
     diffs = json.loads(out.stdout.strip().splitlines()[-1])
     bad = {k: v for k, v in diffs.items() if not v <= 1e-5}
     assert not bad, bad
+
+
+FILE_INPUTS = {"ckpt_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "clip_name3", "vae_name"}
+
+
+def test_model_folder_exports_match_comfyuis_node_definitions(comfy, model_root):
+    """The ComfyUI export of each model folder family uses nodes ComfyUI has, with the inputs it declares (names,
+    required ones present, choices among its options; file names are the user's own files, not checked)."""
+    from turbosample.nodes import model_folders
+    from turbosample.nodes.app_graph import to_api_prompt
+    from turbosample.nodes.folder_graph import folder_of
+    from turbosample.nodes.txt2img import Settings
+
+    url, _base = comfy
+    object_info = http(f"{url}/object_info")
+    model_folders.configure(model_root)
+    try:
+        for name in ("sd3", "sd35", "flux_dev", "flux_schnell", "sd15", "sd2_v", "sdxl", "wan21", "wan22_ti2v"):
+            info = folder_of(name)
+            unet = info.family in ("sd", "sdxl")
+            accelerators = {"loop_accelerator": "bottleneck"} if unet else {"magcache_threshold": 0.2, "ras_ratio": 0.5}
+            settings = Settings(**{**info.defaults(), "width": 64, "height": 64, "frames": 9}, model=name,
+                                **accelerators)
+            for nid, node in to_api_prompt(settings).items():
+                where = f"{name}: node {nid} ({node['class_type']})"
+                assert node["class_type"] in object_info, where
+                declared = object_info[node["class_type"]]["input"]
+                required, optional = declared.get("required", {}), declared.get("optional", {})
+                assert set(required) <= set(node["inputs"]) <= set(required) | set(optional), where
+                for key, value in node["inputs"].items():
+                    kind = {**required, **optional}[key][0]
+                    if isinstance(kind, list) and key not in FILE_INPUTS and not isinstance(value, list):
+                        assert value in kind, f"{where}: {key}={value!r} not among {kind}"
+    finally:
+        model_folders.configure(None)
