@@ -150,7 +150,7 @@ def run_tune_command(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, stop)
     try:
-        result = run_tune(settings, target, budget, args.seeds, space, cancel, progress)
+        result = run_tune(settings, target, budget, args.seeds, space, cancel, progress, run_options(args))
     finally:
         signal.signal(signal.SIGINT, previous)
     print(file=sys.stderr)

@@ -16,8 +16,10 @@ from pathlib import Path
 from ..tune.search import Budget, Target, TuneResult, tune
 from ..tune.space import BOTTLENECK_STEP_BUDGET, Candidate, SearchSpace
 from ..tune.standalone import TuneProblem
+from .app_graph import to_api_prompt, to_ui_workflow
 from .autotune_model import builtin_calibration, pixel_image  # noqa: F401  (re-exported)
-from .txt2img import Settings, to_api_prompt, to_ui_workflow
+from .model_folders import BUILTIN
+from .txt2img import Settings
 from .workflow import WorkflowError
 
 
@@ -49,19 +51,17 @@ def settings_for(candidate: Candidate, base: Settings) -> Settings:
     return replace(reference_of(base), **values)
 
 
-def tune_problem(settings: Settings) -> TuneProblem:
-    """The loaded model, conditioning and latent shape the tuner runs on, for the app's settings.
-
-    THE MODEL LOADER PLUGS IN HERE. Today this is the built-in model (``TurboSampleBuiltinModelLoader``). A loader
-    for the user's own models (``--model DIR``) returns, for its model: a ``samplers.denoiser.DiffusionModel``, the
-    positive and negative CONDITIONING of ``settings.prompt`` / ``settings.negative_prompt``, the latent shape
-    (1, C, H, W) for ``settings.width`` x ``settings.height``, ``to_image`` = its VAE decode to an (H, W, 3) array
-    in [0, 1] (or None: fidelity on latents), and ``magcache_calibration=None`` (the tuner calibrates).
-    """
+def tune_problem(settings: Settings, options=None) -> TuneProblem:
+    """The loaded model, conditioning and latent shape the tuner runs on, for the app's settings: the built-in model,
+    or a model folder (``settings.model``) loaded as the app and the CLI load it (``options``: where it runs, a
+    ``nodes.pipeline.RunOptions``); images come from its VAE, and the tuner calibrates MagCache on it."""
     from .attention_nodes import patch_attention
-    from .builtin_nodes import check_latent_size, encode_text, load_builtin_model
 
     check_tunable(settings)
+    if settings.model != BUILTIN:
+        return folder_problem(settings, options)
+    from .builtin_nodes import check_latent_size, encode_text, load_builtin_model
+
     check_latent_size(settings.width, settings.height)
     (model,) = load_builtin_model(settings.flow_shift)
     if settings.attention != "sdpa":
@@ -70,6 +70,25 @@ def tune_problem(settings: Settings) -> TuneProblem:
     return TuneProblem(model, encode_text(settings.prompt)[0], encode_text(settings.negative_prompt)[0],
                        (1, 3, settings.height, settings.width), settings.cfg, settings.sampler, settings.steps,
                        settings.scheduler, to_image=pixel_image, magcache_calibration=calibration)
+
+
+def folder_problem(settings: Settings, options=None) -> TuneProblem:
+    """A model folder's TuneProblem: its MODEL, its own text encoders and VAE (first frame of a video)."""
+    from .attention_nodes import patch_attention
+    from .folder_nodes import decode_folder, encode_folder_prompts, folder_latent, load_folder_model
+
+    where = {} if options is None else {"device": options.device, "dtype": options.dtype, "offload": options.offload}
+    model, pipeline = load_folder_model(settings.model, settings.flow_shift, settings.width, settings.height, **where)
+    if settings.attention != "sdpa":
+        (model,) = patch_attention(model, settings.attention)
+    positive, negative = encode_folder_prompts(pipeline, settings.prompt, settings.negative_prompt, settings.guidance)
+    (latent,) = folder_latent(pipeline, settings.width, settings.height, settings.frames, 1)
+
+    def to_image(samples):
+        return decode_folder(pipeline, {"samples": samples[:1]})[0][0].float().cpu().numpy()
+
+    return TuneProblem(model, positive, negative, tuple(latent["samples"].shape), settings.cfg, settings.sampler,
+                       settings.steps, settings.scheduler, to_image=to_image, magcache_calibration=None)
 
 
 def tuning_seeds(settings: Settings, count: int) -> tuple[int, ...]:
@@ -81,11 +100,12 @@ def tuning_seeds(settings: Settings, count: int) -> tuple[int, ...]:
 
 def run_tune(settings: Settings, target: Target, budget: Budget = Budget(), seeds: int = 2,
              space: SearchSpace = SearchSpace(), cancel: threading.Event | None = None,
-             progress: Callable[[str, TuneResult], None] | None = None) -> TuneResult:
-    """Tune ``settings``' run (accelerators off = the reference) on the model ``tune_problem`` loads."""
+             progress: Callable[[str, TuneResult], None] | None = None, options=None) -> TuneResult:
+    """Tune ``settings``' run (accelerators off = the reference) on the model ``tune_problem`` loads (``options``:
+    where a model folder runs)."""
     from ..tune.standalone import StandaloneBackend
 
-    problem = tune_problem(settings)
+    problem = tune_problem(settings, options)
     result = tune(StandaloneBackend(problem), target, budget, space, tuning_seeds(settings, seeds), cancel, progress)
     if problem.magcache_calibration is None:
         result.notes.append(builtin_calibration(problem.model)[1])

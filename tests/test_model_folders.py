@@ -429,3 +429,16 @@ def test_a_two_expert_wan_has_no_comfyui_export_but_its_videos_carry_their_setti
     with pytest.raises(WorkflowError, match="two-expert Wan 2.2 folder .* its ComfyUI export is not supported"):
         to_api_prompt(settings)
     assert set(metadata(settings)) == {"parameters"}
+
+
+def test_tune_runs_on_a_model_folder_and_saves_a_workflow_that_names_it(models, tmp_path):
+    """``turbosample tune --model``: the reference and candidates run on the folder's model, images from its VAE;
+    the tuner calibrates MagCache on it (no shipped calibration fits a folder)."""
+    report, workflow = tmp_path / "tune.json", tmp_path / "tuned.json"
+    code = main(["tune", "--model", "flux_schnell", "--target-speedup", "1.5", "--steps", "6", "--width", str(SIZE),
+                 "--height", str(SIZE), "--prompt", "a red fox", "--budget-runs", "4", "--seeds", "1", "--report",
+                 str(report), "--save-workflow", str(workflow), "--device", "cpu", "--dtype", "fp32"])
+    assert code == 0
+    data = json.loads(report.read_text())
+    assert data["chosen"]["speedup"] > 0 and "psnr_db" in data["chosen"]
+    assert settings_from_file(str(workflow)).model == "flux_schnell"
