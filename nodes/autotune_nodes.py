@@ -15,9 +15,10 @@ from ..tune.search import Budget
 from ..tune.space import SearchSpace
 from .autotune_io import image_tensor, seeds_from, target_of, write_node_report
 from .builtin_nodes import SEED
+from .categories import ACCELERATORS
 from .spec import NodeInputError, NodeSpec, Output, Param
 
-CATEGORY = "TurboSample/accelerate"
+CATEGORY = ACCELERATORS
 
 
 def autotune(model, positive, negative, latent_image, sampler_name: str, scheduler: str, steps: int, cfg: float,
