@@ -91,6 +91,9 @@ def add_tune_parser(sub) -> None:
                                                                                    "the reference (as time)")
     tune.add_argument("--budget-seconds", type=float, default=None, metavar="S", help="search budget in seconds")
     tune.add_argument("--seeds", type=int, default=2, metavar="N", help="tuning seeds, from --seed on (default 2)")
+    tune.add_argument("--more-prompts", nargs="+", default=[], metavar="PROMPT",
+                      help="tune on these prompts too, so that the choice is not fitted to one prompt: tuning seed k "
+                           "runs --prompt, then each of these in turn (at least one seed each; same negative prompt)")
     tune.add_argument("--samplers", nargs="+", metavar="NAME", help="samplers to try (default: "
                                                                     "euler, euler_dualfast, dpmpp_2m, "
                                                                     "dpmpp_2m_dualfast, uni_pc, res_multistep)")
@@ -150,7 +153,8 @@ def run_tune_command(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, stop)
     try:
-        result = run_tune(settings, target, budget, args.seeds, space, cancel, progress, run_options(args))
+        result = run_tune(settings, target, budget, args.seeds, space, cancel, progress, run_options(args),
+                          more_prompts=args.more_prompts)
     finally:
         signal.signal(signal.SIGINT, previous)
     print(file=sys.stderr)

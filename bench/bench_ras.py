@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="timing rounds (methods alternate; medians)")
+    ap.add_argument("--starvation-scale", type=float, default=None,
+                    help="starvation_scale of the ratio sweep (default: RASConfig's)")
     ap.add_argument("--starvation-study", action="store_true",
                     help="compare the starvation directions and scales at sample_ratio 0.5 instead")
     ap.add_argument("--cache-study", action="store_true",
@@ -78,7 +80,8 @@ def main() -> None:
                 print(f"| {ratio} | {name} | {psnr:.2f} | {ssim:.4f} | {lp:.4f} | {vs_full} |")
         return
 
-    patched = {ratio: apply_ras(model, sample_ratio=ratio) for ratio in args.ratios}
+    extra = {} if args.starvation_scale is None else {"starvation_scale": args.starvation_scale}
+    patched = {ratio: apply_ras(model, sample_ratio=ratio, **extra) for ratio in args.ratios}
     runs = {"plain": model, **patched}
     medians = alternating_medians({k: (lambda m=m: generate(m, EULER, args.steps, conds, args.size, args.cfg))
                                    for k, m in runs.items()}, args.repeats)
@@ -87,7 +90,7 @@ def main() -> None:
     print("| RAS ratio | work | s/img | speedup | PSNR dB | SSIM | LPIPS | fewer steps (same time) | PSNR dB | SSIM | "
           "LPIPS |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for ratio in args.ratios:
-        cfg = RASConfig(sample_ratio=ratio)
+        cfg = RASConfig(sample_ratio=ratio, **extra)
         imgs, _ = generate(patched[ratio], EULER, args.steps, conds, args.size, args.cfg)
         t = medians[ratio] / len(conds)
         psnr, ssim, lp = score(imgs, refs)

@@ -118,6 +118,8 @@ def main() -> None:
     ap.add_argument("--targets", type=float, nargs="+", default=[2.0, 3.0, 4.0])
     ap.add_argument("--tune-prompt", default="smiling face")
     ap.add_argument("--tune-seed", type=int, default=0)
+    ap.add_argument("--more-tune-prompts", nargs="*", default=[],
+                    help="tune on these prompts too (turbosample tune --more-prompts); not among the held-out ones")
     ap.add_argument("--prompts", type=int, default=8, help="held-out prompts (builtin_runs.PROMPTS[:n])")
     ap.add_argument("--budget-runs", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3, help="timing rounds (pairs full run / method)")
@@ -129,14 +131,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prompts = [p for p in PROMPTS if p != args.tune_prompt][:args.prompts]
+    tuning = {args.tune_prompt, *args.more_tune_prompts}
+    prompts = [p for p in PROMPTS if p not in tuning][:args.prompts]
     base = Settings(prompt=args.tune_prompt, seed=args.tune_seed)
     start = time.time()
     held = HeldOut(base, prompts, args.timing_prompts)
     cost = calibrated_cost(held, args.repeats)
     rows, details = [], []
     for target in args.targets:
-        result = run_tune(base, Target(speedup=target), Budget(runs=args.budget_runs), seeds=2)
+        result = run_tune(base, Target(speedup=target), Budget(runs=args.budget_runs), seeds=2,
+                          more_prompts=args.more_tune_prompts)
         (out / f"tune_{target:g}x.json").write_text(json.dumps(report_json(result, base), indent=2))
         pareto_plot(result).save(out / f"tune_{target:g}x.png")
         tuned = result.chosen.candidate
@@ -155,7 +159,8 @@ def main() -> None:
                  fmt(single["lpips"], 4), f"{few_steps} steps", f"{few['psnr']:.2f}", fmt(few["lpips"], 4),
                  f"{sp['full_runs']} runs ({sp['search_seconds']:.0f} s)"]
         rows.append("| " + " | ".join(cells) + " |")
-        details.append(f"{target:g}x: tuner on {args.tune_prompt!r} seeds {list(result.seeds)}: {result.message}; "
+        details.append(f"{target:g}x: tuner on {[args.tune_prompt, *args.more_tune_prompts]} seeds "
+                       f"{list(result.seeds)}: {result.message}; "
                        f"spent {sp['full_runs']} full runs + reference; {len(result.measurements)} settings measured")
         print(details[-1], flush=True)
         for name, v in sorted(measured.items(), key=lambda kv: -kv[1]["speedup"]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,15 +51,16 @@ def settings_for(candidate: Candidate, base: Settings) -> Settings:
     return replace(reference_of(base), **values)
 
 
-def tune_problem(settings: Settings, options=None) -> TuneProblem:
+def tune_problem(settings: Settings, options=None, seed_prompts: dict[int, str] | None = None) -> TuneProblem:
     """The loaded model, conditioning and latent shape the tuner runs on, for the app's settings: the built-in model,
     or a model folder (``settings.model``) loaded as the app and the CLI load it (``options``: where it runs, a
-    ``nodes.pipeline.RunOptions``); images come from its VAE, and the tuner calibrates MagCache on it."""
+    ``nodes.pipeline.RunOptions``); images come from its VAE, and the tuner calibrates MagCache on it.
+    ``seed_prompts`` gives tuning seeds their own prompt (same negative prompt)."""
     from .attention_nodes import patch_attention
 
     check_tunable(settings)
     if settings.model != BUILTIN:
-        return folder_problem(settings, options)
+        return folder_problem(settings, options, seed_prompts)
     from .builtin_nodes import check_latent_size, encode_text, load_builtin_model
 
     check_latent_size(settings.width, settings.height)
@@ -67,12 +68,15 @@ def tune_problem(settings: Settings, options=None) -> TuneProblem:
     if settings.attention != "sdpa":
         (model,) = patch_attention(model, settings.attention)
     calibration, _why = builtin_calibration(model)
-    return TuneProblem(model, encode_text(settings.prompt)[0], encode_text(settings.negative_prompt)[0],
+    negative = encode_text(settings.negative_prompt)[0]
+    per_seed = {seed: (encode_text(prompt)[0], negative) for seed, prompt in (seed_prompts or {}).items()}
+    return TuneProblem(model, encode_text(settings.prompt)[0], negative,
                        (1, 3, settings.height, settings.width), settings.cfg, settings.sampler, settings.steps,
-                       settings.scheduler, to_image=pixel_image, magcache_calibration=calibration)
+                       settings.scheduler, to_image=pixel_image, magcache_calibration=calibration,
+                       per_seed=per_seed)
 
 
-def folder_problem(settings: Settings, options=None) -> TuneProblem:
+def folder_problem(settings: Settings, options=None, seed_prompts: dict[int, str] | None = None) -> TuneProblem:
     """A model folder's TuneProblem: its MODEL, its own text encoders and VAE (first frame of a video)."""
     from .attention_nodes import patch_attention
     from .folder_nodes import decode_folder, encode_folder_prompts, folder_latent, load_folder_model
@@ -82,13 +86,16 @@ def folder_problem(settings: Settings, options=None) -> TuneProblem:
     if settings.attention != "sdpa":
         (model,) = patch_attention(model, settings.attention)
     positive, negative = encode_folder_prompts(pipeline, settings.prompt, settings.negative_prompt, settings.guidance)
+    per_seed = {seed: encode_folder_prompts(pipeline, prompt, settings.negative_prompt, settings.guidance)
+                for seed, prompt in (seed_prompts or {}).items()}
     (latent,) = folder_latent(pipeline, settings.width, settings.height, settings.frames, 1)
 
     def to_image(samples):
         return decode_folder(pipeline, {"samples": samples[:1]})[0][0].float().cpu().numpy()
 
     return TuneProblem(model, positive, negative, tuple(latent["samples"].shape), settings.cfg, settings.sampler,
-                       settings.steps, settings.scheduler, to_image=to_image, magcache_calibration=None)
+                       settings.steps, settings.scheduler, to_image=to_image, magcache_calibration=None,
+                       per_seed=per_seed)
 
 
 def tuning_seeds(settings: Settings, count: int) -> tuple[int, ...]:
@@ -98,15 +105,29 @@ def tuning_seeds(settings: Settings, count: int) -> tuple[int, ...]:
     return tuple(settings.seed + k for k in range(count))
 
 
+def seed_prompt_plan(settings: Settings, seeds: int, more_prompts: Sequence[str] = ()) -> dict[int, str]:
+    """Which prompt each tuning seed runs: the settings' prompt first, then ``more_prompts`` in turn (one seed
+    each, repeating the list when there are more seeds than prompts). At least one seed per prompt."""
+    prompts = [settings.prompt, *more_prompts]
+    chosen = tuning_seeds(settings, max(seeds, len(prompts)))
+    return {seed: prompts[k % len(prompts)] for k, seed in enumerate(chosen)}
+
+
 def run_tune(settings: Settings, target: Target, budget: Budget = Budget(), seeds: int = 2,
              space: SearchSpace = SearchSpace(), cancel: threading.Event | None = None,
-             progress: Callable[[str, TuneResult], None] | None = None, options=None) -> TuneResult:
+             progress: Callable[[str, TuneResult], None] | None = None, options=None,
+             more_prompts: Sequence[str] = ()) -> TuneResult:
     """Tune ``settings``' run (accelerators off = the reference) on the model ``tune_problem`` loads (``options``:
-    where a model folder runs)."""
+    where a model folder runs). ``more_prompts``: tune on these prompts too (``seed_prompt_plan``), so that the
+    choice is not fitted to one prompt."""
     from ..tune.standalone import StandaloneBackend
 
-    problem = tune_problem(settings, options)
-    result = tune(StandaloneBackend(problem), target, budget, space, tuning_seeds(settings, seeds), cancel, progress)
+    plan = seed_prompt_plan(settings, seeds, more_prompts)
+    others = {seed: prompt for seed, prompt in plan.items() if prompt != settings.prompt} if more_prompts else {}
+    problem = tune_problem(settings, options, others)
+    result = tune(StandaloneBackend(problem), target, budget, space, tuple(plan), cancel, progress)
+    if more_prompts:
+        result.notes.append("tuned on several prompts: " + "; ".join(f"seed {s}: {p!r}" for s, p in plan.items()))
     if problem.magcache_calibration is None:
         result.notes.append(builtin_calibration(problem.model)[1])
     return result

@@ -283,3 +283,65 @@ def test_dc_solver_is_calibrated_once_per_step_count_and_reused():
     assert dc and {m.candidate.steps for m in dc} <= set(backend.dc_records)
     assert all(len(backend.dc_records[n]["ratios"]) == n for n in backend.dc_records)
     assert result.spent["calibration_seconds"] > 0
+
+
+# -- the race after a failed verification --------------------------------------------------------------------------
+def search_with_reference(level: float = 2.0):
+    from turbosample.tune.search import _Search
+
+    clock = Clock()
+    s = _Search(ScriptedBackend(clock), Target(speedup=level), Budget(runs=50), SMALL_SPACE, (0, 1), None, None,
+                1.5, 0.2, clock)
+    s.run_reference()
+    s.level = level
+    return s
+
+
+def test_race_leader_must_clear_the_level_with_room_to_spare():
+    """A setting only just at the target (it may fail its verification) does not drop others on PSNR; one clearly
+    above it does."""
+    from turbosample.tune.search import SPEED_TOLERANCE
+
+    s = search_with_reference()
+    leader = s.evaluate(Candidate("euler", 9), "test", race=False)  # 20 / 9 calls: about 2.2x, error 0.2 / 9
+    assert len(leader.psnr) == 2
+    worse = Candidate("euler", 8, 0.3, 2)  # MagCache on fewer steps: faster, far behind on PSNR
+    leader_speed = leader.speedup
+    for speed, dropped in ((2.0 * (1 + SPEED_TOLERANCE / 2), False), (2.0 * (1 + 2 * SPEED_TOLERANCE), True)):
+        leader.baseline_seconds = [t * speed for t in leader.seconds]  # pretend it measured at ``speed``
+        s.measured.pop(worse.key(), None)
+        s.order = [m for m in s.order if m.candidate != worse]
+        m = s.evaluate(worse, "test")
+        assert m.psnr[0] < leader.psnr[0] - 1.5
+        assert (len(m.psnr) == 1) == dropped, (speed, m.note)
+    assert leader_speed > 2.0
+
+
+def test_a_choice_that_fails_verification_revives_the_setting_the_race_dropped_for_it():
+    s = search_with_reference()
+    chosen = s.evaluate(Candidate("euler", 9), "test", race=False)
+    trailing = s.evaluate(Candidate("euler", 10, 0.1, 2), "test", race=False)  # about 3.6x, a little behind
+    for seed in (1,):  # as the race left it: first seed only
+        del trailing.psnr[seed], trailing.ssim[seed], trailing.lpips[seed]
+    trailing.seconds, trailing.baseline_seconds = trailing.seconds[:1], trailing.baseline_seconds[:1]
+    trailing.note = "more than 1.5 dB behind the best on the first seed"
+    assert choose(s.order, s.seeds, s.target)[0] is chosen
+    chosen.verify_pairs = [(1.0, 0.6), (1.0, 0.6)]  # verified at 1.67x: no longer reaches 2x
+    assert choose(s.order, s.seeds, s.target)[1] is False  # the only complete setting no longer meets 2x
+    revived = s.revive()
+    assert revived is trailing and sorted(trailing.psnr) == [0, 1] and len(trailing.seconds) == 2
+    assert "in full" in trailing.note
+    assert choose(s.order, s.seeds, s.target)[0] is trailing
+    assert s.revive() is None  # nothing dropped is left
+
+
+def test_revival_only_when_the_dropped_setting_beats_the_new_choice_on_the_first_seed():
+    s = search_with_reference()
+    s.evaluate(Candidate("euler", 8), "test", race=False)  # complete, 2.5x: the next choice
+    trailing = s.evaluate(Candidate("euler", 10, 0.3, 2), "test", race=False)
+    del trailing.psnr[1], trailing.ssim[1], trailing.lpips[1]
+    trailing.seconds, trailing.baseline_seconds = trailing.seconds[:1], trailing.baseline_seconds[:1]
+    trailing.note = "more than 1.5 dB behind the best on the first seed"
+    best = choose(s.order, s.seeds, s.target)[0]
+    assert best.psnr[0] >= trailing.psnr[0]
+    assert s.revive() is None and len(trailing.psnr) == 1

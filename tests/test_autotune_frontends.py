@@ -129,3 +129,35 @@ def test_app_find_settings_streams_the_report_applies_the_choice_and_stop_keeps_
     if "The chosen setting is now in the controls" in report:
         chosen = settings_from_values(controls)
         assert chosen.prompt == "rocket" and chosen.seed == 4
+
+
+def test_more_prompts_give_each_tuning_seed_its_prompt():
+    """``--more-prompts``: seed k runs the k-th prompt (the run's own first), every prompt gets at least one seed, and
+    the backend's run on a seed is the plain sample of that seed's prompt (not the first prompt's)."""
+    from turbosample.nodes.autotune import pixel_image, seed_prompt_plan
+    from turbosample.tune.standalone import StandaloneBackend
+
+    assert seed_prompt_plan(BASE, 2) == {2: "red apple", 3: "red apple"}
+    assert seed_prompt_plan(BASE, 2, ["rocket", "cat face"]) == {2: "red apple", 3: "rocket", 4: "cat face"}
+    assert seed_prompt_plan(BASE, 4, ["rocket"]) == {2: "red apple", 3: "rocket", 4: "red apple", 5: "rocket"}
+    mixed = StandaloneBackend(tune_problem(BASE, seed_prompts={3: "rocket"}))
+    alone = {p: StandaloneBackend(tune_problem(Settings(**{**BASE.to_dict(), "prompt": p})))
+             for p in ("red apple", "rocket")}
+    ref = Candidate(BASE.sampler, BASE.steps)
+    for seed, prompt in ((2, "red apple"), (3, "rocket")):
+        image = pixel_image(mixed.run(ref, seed))
+        assert np.array_equal(image, pixel_image(alone[prompt].run(ref, seed)))
+        other = "rocket" if prompt == "red apple" else "red apple"
+        assert np.abs(image - pixel_image(alone[other].run(ref, seed))).max() > 0.1
+
+
+def test_cli_tune_on_several_prompts_reports_them(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    rc = main(["tune", "--target-speedup", "1.5", "--budget-runs", "3", "--seeds", "1", "--steps", "6",
+               "--width", "32", "--height", "32", "--prompt", "rocket", "--more-prompts", "cat face",
+               "--report", str(report)])
+    assert rc == 0
+    data = json.loads(report.read_text())
+    assert data["seeds"] == [0, 1]  # one seed per prompt even with --seeds 1
+    assert "seed 0: 'rocket'; seed 1: 'cat face'" in " ".join(data["notes"])
+    assert data["reference_settings"]["prompt"] == "rocket"

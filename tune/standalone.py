@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ class TuneProblem:
     ``to_image(latent) -> (H, W, 3) array in [0, 1]`` decodes a sampled latent for the image metrics; without it
     fidelity is measured on the latents (PSNR only). ``magcache_calibration`` is the MagCache calibration the
     saved setting will use (e.g. the built-in model's shipped one); None records one from the model first.
+    ``per_seed`` gives some tuning seeds their own (positive, negative) conditioning, so that one search covers
+    several prompts; the other seeds use ``positive`` / ``negative``.
     """
 
     model: DiffusionModel
@@ -44,10 +46,23 @@ class TuneProblem:
     scheduler: str = "simple"
     to_image: Callable[[torch.Tensor], np.ndarray] | None = None
     magcache_calibration: object | None = None
+    per_seed: dict[int, tuple[list, list]] = field(default_factory=dict)
 
     @property
     def reference(self) -> Candidate:
         return Candidate(self.sampler, self.steps)
+
+    def conditioning(self, seed: int) -> tuple[list, list]:
+        """(positive, negative) of the run with this seed."""
+        return self.per_seed.get(seed, (self.positive, self.negative))
+
+
+def patch_size_of(net) -> int | None:
+    """A network's patch size: its config's (diffusers, read there so as not to trip its deprecation warning) or its
+    own attribute (ours); None when it tells none."""
+    config = getattr(net, "config", None)
+    from_config = config.get("patch_size") if isinstance(config, dict) else getattr(config, "patch_size", None)
+    return from_config or getattr(net, "patch_size", None)
 
 
 class StandaloneBackend:
@@ -76,8 +91,7 @@ class StandaloneBackend:
             notes.append(f"MagCache and RAS: {exc}")
         net = self.problem.model.diffusion_model
         holders = (net, getattr(net, "transformer", None))  # ours, or diffusers' behind accel's DiffusersDiT
-        patch = next((v for h in holders for v in (getattr(h, "patch_size", None),
-                                                   getattr(getattr(h, "config", None), "patch_size", None)) if v), None)
+        patch = next((v for v in map(patch_size_of, holders) if v), None)
         bottleneck = len(self.problem.latent_shape) == 4 and patch is not None
         if not bottleneck:
             notes.append("Bottleneck Sampling: needs an image latent (B, C, H, W) and a model that tells its patch "
@@ -132,7 +146,8 @@ class StandaloneBackend:
         """One sample of the candidate (the sampled latent, on the CPU)."""
         p = self.problem
         info = sampler_info(c, self.dc_records.get(c.steps))
-        out = sample(self.patched(c), p.positive, p.negative, torch.zeros(p.latent_shape), info,
+        positive, negative = p.conditioning(seed)
+        out = sample(self.patched(c), positive, negative, torch.zeros(p.latent_shape), info,
                      self.sigmas(c.steps), seed, p.cfg, cancel=cancel)
         return out.cpu()
 
