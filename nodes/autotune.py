@@ -123,8 +123,7 @@ def run_tune(settings: Settings, target: Target, budget: Budget = Budget(), seed
     from ..tune.standalone import StandaloneBackend
 
     plan = seed_prompt_plan(settings, seeds, more_prompts)
-    others = {seed: prompt for seed, prompt in plan.items() if prompt != settings.prompt} if more_prompts else {}
-    problem = tune_problem(settings, options, others)
+    problem = tune_problem(settings, options, {seed: p for seed, p in plan.items() if p != settings.prompt})
     result = tune(StandaloneBackend(problem), target, budget, space, tuple(plan), cancel, progress)
     if more_prompts:
         result.notes.append("tuned on several prompts: " + "; ".join(f"seed {s}: {p!r}" for s, p in plan.items()))

@@ -15,3 +15,14 @@ def model_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     write(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: torch's thread pool only adds overhead (a lot on a shared CPU); restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -20,13 +19,7 @@ from turbosample.web.app import ORDER, build_demo  # noqa: E402
 RUN = ["cpu", "bf16", False]  # device, precision, offload
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: torch's thread pool only adds overhead here (a lot on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 def values(**overrides):

@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 import torch
+from test_ras import small_dit
 
-from turbosample.models.dit import TinyDiT
 from turbosample.samplers.denoiser import DiffusionModel
 from turbosample.samplers.model_sampling import FlowSampling
 from turbosample.tune.report import pareto_plot, report_image, result_dict, table_markdown
@@ -186,14 +186,6 @@ def test_bad_targets_and_budgets_are_clear_errors():
 
 
 # -- a tiny random-weight DiT (real sampling, real accelerators) ------------------------------------------------------
-def small_dit() -> TinyDiT:
-    torch.manual_seed(0)
-    model = TinyDiT(width=32, depth=3, heads=2).eval().requires_grad_(False)
-    for p in model.parameters():  # adaLN-Zero starts at zero: randomise so every block matters
-        p.data.normal_(0, 0.1)
-    return model
-
-
 def to_image(latent):
     return ((latent[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
 

@@ -1,42 +1,25 @@
 """A real browser (Debian chromium via PyPI playwright) types a prompt, clicks Generate and sees an image."""
 
-import shutil
-
-import pytest
+from browser_app import app_page, needs_chromium
 
 from turbosample.web.app import build_demo
 
-CHROMIUM = shutil.which("chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
+pytestmark = needs_chromium
 
 
 def test_type_prompt_click_generate_see_image(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    demo = build_demo()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            page.locator("#prompt textarea").fill("smiling cat face")
-            page.locator("#steps input[type=number]").fill("3")
-            page.locator("#steps input[type=number]").press("Enter")
-            page.locator("#generate").click()
-            page.wait_for_function(
-                "() => (document.querySelector('#status textarea')||{}).value?.startsWith('done')", timeout=120_000)
-            image = page.locator("#gallery img").first
-            image.wait_for(timeout=30_000)
-            page.wait_for_function("() => document.querySelector('#gallery img').naturalWidth > 0", timeout=30_000)
-            assert image.evaluate("img => img.naturalWidth") == 64  # default size
-            page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
-            browser.close()
-    finally:
-        demo.close()
+    with app_page(build_demo()) as page:
+        page.locator("#prompt textarea").fill("smiling cat face")
+        page.locator("#steps input[type=number]").fill("3")
+        page.locator("#steps input[type=number]").press("Enter")
+        page.locator("#generate").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#status textarea')||{}).value?.startsWith('done')", timeout=120_000)
+        image = page.locator("#gallery img").first
+        image.wait_for(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#gallery img').naturalWidth > 0", timeout=30_000)
+        assert image.evaluate("img => img.naturalWidth") == 64  # default size
+        page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
 
 
 # Gradio's "Error" badge over a component (what a failed or cancelled event leaves on its outputs)
@@ -47,40 +30,30 @@ VISIBLE_ERROR_BADGES = """() => [...document.querySelectorAll('.block .error')].
 
 def test_stop_says_where_it_stopped_and_a_plain_png_is_named_by_its_file(tmp_path):
     from PIL import Image
-    from playwright.sync_api import sync_playwright
 
     plain = tmp_path / "holiday photo.png"
     Image.new("RGB", (8, 8)).save(plain)
-    demo = build_demo()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            page.locator("#steps input[type=number]").fill("1000")
-            page.locator("#steps input[type=number]").press("Enter")
-            page.locator("#seed textarea, #seed input").first.fill("18446744073709551615")
-            page.locator("#generate").click()
-            page.wait_for_function(
-                "() => (document.querySelector('#status textarea')||{}).value?.startsWith('step ')", timeout=120_000)
-            page.locator("#stop").click()
-            page.wait_for_function(
-                "() => (document.querySelector('#status textarea')||{}).value?.startsWith('stopped at step ')",
-                timeout=30_000)
-            status = page.locator("#status textarea").input_value()
-            assert status.endswith("/1000; no image saved"), status
-            page.wait_for_timeout(1500)  # nothing overwrites it afterwards
-            assert page.locator("#status textarea").input_value() == status
-            page.screenshot(path=str(tmp_path / "after_stop.png"), full_page=True)
-            assert page.evaluate(VISIBLE_ERROR_BADGES) == 0  # no output marked failed by the stop
-            page.locator("#load_workflow input[type=file], input[type=file]").first.set_input_files(str(plain))
-            toast = page.get_by_text("holiday photo.png carries no ComfyUI workflow")
-            toast.first.wait_for(timeout=30_000)
-            assert "gradio" not in toast.first.inner_text().lower()
-            page.wait_for_timeout(500)
-            assert page.evaluate(VISIBLE_ERROR_BADGES) == 0  # a toast; the controls keep their values
-            page.screenshot(path=str(tmp_path / "stopped.png"), full_page=True)
-            browser.close()
-    finally:
-        demo.close()
+    with app_page(build_demo()) as page:
+        page.locator("#steps input[type=number]").fill("1000")
+        page.locator("#steps input[type=number]").press("Enter")
+        page.locator("#seed textarea, #seed input").first.fill("18446744073709551615")
+        page.locator("#generate").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#status textarea')||{}).value?.startsWith('step ')", timeout=120_000)
+        page.locator("#stop").click()
+        page.wait_for_function(
+            "() => (document.querySelector('#status textarea')||{}).value?.startsWith('stopped at step ')",
+            timeout=30_000)
+        status = page.locator("#status textarea").input_value()
+        assert status.endswith("/1000; no image saved"), status
+        page.wait_for_timeout(1500)  # nothing overwrites it afterwards
+        assert page.locator("#status textarea").input_value() == status
+        page.screenshot(path=str(tmp_path / "after_stop.png"), full_page=True)
+        assert page.evaluate(VISIBLE_ERROR_BADGES) == 0  # no output marked failed by the stop
+        page.locator("#load_workflow input[type=file], input[type=file]").first.set_input_files(str(plain))
+        toast = page.get_by_text("holiday photo.png carries no ComfyUI workflow")
+        toast.first.wait_for(timeout=30_000)
+        assert "gradio" not in toast.first.inner_text().lower()
+        page.wait_for_timeout(500)
+        assert page.evaluate(VISIBLE_ERROR_BADGES) == 0  # a toast; the controls keep their values
+        page.screenshot(path=str(tmp_path / "stopped.png"), full_page=True)

@@ -91,13 +91,7 @@ def label_dit_parts(model: LabelDiT) -> TransformerParts:
                             fixed_grid=(model.grid, model.grid) if model.pos is not None else None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: torch's thread pool only adds overhead here (a lot on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 @pytest.fixture(autouse=True)

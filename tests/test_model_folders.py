@@ -31,13 +31,7 @@ from turbosample.samplers.run import sample  # noqa: E402
 SIZE = 32  # pixels: a 4x4 latent (VAE factor 8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: torch's thread pool only adds overhead here (a lot on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 @pytest.fixture()
