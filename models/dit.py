@@ -34,6 +34,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     text_dim: int = 384
     base_grid: int = 8  # tokens per side at the base training resolution (32 px / patch 4)
+    text_scale: float = 1.0  # the prompt embedding (unit length) is multiplied by this before the text MLP
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,7 +158,10 @@ class TinyDiT(nn.Module):
         tokens = tokens + pos.to(tokens.dtype)
         t = torch.as_tensor(timestep, device=tokens.device).float().reshape(-1).expand(x.shape[0])
         c = self.time_mlp(timestep_features(t, self.config.width).to(tokens.dtype))
-        c = c + self.text_mlp(context.to(tokens).mean(dim=1))
+        text = context.to(tokens).mean(dim=1)
+        if self.config.text_scale != 1.0:
+            text = text * self.config.text_scale
+        c = c + self.text_mlp(text)
         return tokens, c, (rows, cols)
 
     def head(self, tokens: torch.Tensor, c: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
