@@ -158,10 +158,7 @@ class TinyDiT(nn.Module):
         tokens = tokens + pos.to(tokens.dtype)
         t = torch.as_tensor(timestep, device=tokens.device).float().reshape(-1).expand(x.shape[0])
         c = self.time_mlp(timestep_features(t, self.config.width).to(tokens.dtype))
-        text = context.to(tokens).mean(dim=1)
-        if self.config.text_scale != 1.0:
-            text = text * self.config.text_scale
-        c = c + self.text_mlp(text)
+        c = c + self.text_mlp(context.to(tokens).mean(dim=1) * self.config.text_scale)
         return tokens, c, (rows, cols)
 
     def head(self, tokens: torch.Tensor, c: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
