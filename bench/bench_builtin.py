@@ -83,6 +83,26 @@ def generate_batch(prompts: list[str], cfg: float, steps: int, size: int, seed: 
     return torch.stack(out)
 
 
+def text_neighbour_ranks(pack: Path, prompts: list[list[str]]) -> list[dict]:
+    """For each paraphrase: the target's rank among training images ordered by their nearest prompt in MiniLM
+    space (0 = the encoder alone would pick the named emoji). Separates text-encoder limits from drawing ones."""
+    from turbosample.models.text import encode_prompts
+    from turbosample.models.train_data import load_pack
+
+    data = load_pack(pack)
+    owner = torch.repeat_interleave(torch.arange(len(data.counts)), data.counts)
+    first = {variants[0]: i for i, variants in reversed(list(enumerate(prompts)))}
+    pairs = [(p, first[t]) for table in (PARAPHRASES, PARAPHRASES_MORE) for p, t in table.items() if t in first]
+    sims = encode_prompts([p for p, _ in pairs]).float() @ data.embeddings.float().T
+    rows = []
+    for (phrase, target), sim in zip(pairs, sims, strict=True):
+        best = torch.full((len(data.counts),), -2.0).scatter_reduce(0, owner, sim, "amax")
+        rows.append({"paraphrase": phrase, "target": prompts[target][0],
+                     "nearest_prompt_image": prompts[int(best.argmax())][0],
+                     "target_rank": int((best > best[target]).sum())})
+    return rows
+
+
 def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list[int], seed: int,
              shifts: tuple[float, ...] = (1.0,)) -> list[dict]:
     rng = random.Random(seed)
@@ -125,6 +145,9 @@ def main() -> None:
     ap.add_argument("--shifts", type=float, nargs="+", default=[1.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-cache", default=str(Path.home() / ".cache" / "turbosample" / "emoji"))
+    ap.add_argument("--text-neighbours", metavar="PACK", default=None,
+                    help="also rank each paraphrase's emoji by text similarity alone, using the prompt embeddings "
+                         "of a training pack (models/train.py --write-data-pack)")
     ap.add_argument("--out", default="bench/out/builtin.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -136,6 +159,10 @@ def main() -> None:
     if args.n > 0:
         result["fidelity"] = fidelity(images, prompts, args.n, args.cfg, args.steps, args.sizes, args.seed,
                                       tuple(args.shifts))
+    if args.text_neighbours:
+        result["text_neighbours"] = text_neighbour_ranks(Path(args.text_neighbours), prompts)
+        for row in result["text_neighbours"]:
+            print(json.dumps(row), flush=True)
     result["chance_top1"] = 1 / len(prompts)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
