@@ -83,6 +83,12 @@ def generate_batch(prompts: list[str], cfg: float, steps: int, size: int, seed: 
     return torch.stack(out)
 
 
+def paraphrase_targets(table: dict[str, str], prompts: list[list[str]]) -> list[tuple[str, int]]:
+    """(paraphrase, index of the first image named like its target) for the targets the data has."""
+    first = {variants[0]: i for i, variants in reversed(list(enumerate(prompts)))}
+    return [(p, first[t]) for p, t in table.items() if t in first]
+
+
 def text_neighbour_ranks(pack: Path, prompts: list[list[str]]) -> list[dict]:
     """For each paraphrase: the target's rank among training images ordered by their nearest prompt in MiniLM
     space (0 = the encoder alone would pick the named emoji). Separates text-encoder limits from drawing ones."""
@@ -91,8 +97,7 @@ def text_neighbour_ranks(pack: Path, prompts: list[list[str]]) -> list[dict]:
 
     data = load_pack(pack)
     owner = torch.repeat_interleave(torch.arange(len(data.counts)), data.counts)
-    first = {variants[0]: i for i, variants in reversed(list(enumerate(prompts)))}
-    pairs = [(p, first[t]) for table in (PARAPHRASES, PARAPHRASES_MORE) for p, t in table.items() if t in first]
+    pairs = [pair for table in (PARAPHRASES, PARAPHRASES_MORE) for pair in paraphrase_targets(table, prompts)]
     sims = encode_prompts([p for p, _ in pairs]).float() @ data.embeddings.float().T
     rows = []
     for (phrase, target), sim in zip(pairs, sims, strict=True):
@@ -108,9 +113,7 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
     rng = random.Random(seed)
     picks = rng.sample(range(len(prompts)), n)
     names = [prompts[i][0] for i in picks]
-    first = {variants[0]: i for i, variants in reversed(list(enumerate(prompts)))}
-    para = [(p, first[t]) for p, t in PARAPHRASES.items() if t in first]
-    more = [(p, first[t]) for p, t in PARAPHRASES_MORE.items() if t in first]
+    para, more = paraphrase_targets(PARAPHRASES, prompts), paraphrase_targets(PARAPHRASES_MORE, prompts)
     rows = []
     for size in sizes:
         for cfg, shift in [(c, s) for s in shifts for c in cfgs]:
