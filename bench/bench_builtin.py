@@ -124,7 +124,7 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
                                          [t for _, t in para])
             more_ranks = rank_of_targets(images, generate_batch([p for p, _ in more], cfg, steps, size, seed, shift),
                                          [t for _, t in more])
-            rows.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps, "n": n,
+            rows.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps, "seed": seed, "n": n,
                          "top1": sum(r == 0 for r in ranks) / n, "top10": sum(r < 10 for r in ranks) / n,
                          **miss_kinds(images, drawn, picks, prompts),
                          "median_rank": statistics.median(ranks),
@@ -134,6 +134,23 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
                          "seconds": round(time.perf_counter() - start, 1)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+POOLED = {"top1": "n", "top10": "n", "paraphrase_top10": "n_paraphrase", "paraphrase2_top10": "n_paraphrase2"}
+
+
+def pool_seeds(rows: list[dict]) -> list[dict]:
+    """Pool fidelity rows of several seeds (each its own draw of names) per setting: rates weighted by their counts."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["size"], row["cfg"], row["shift"], row["steps"]), []).append(row)
+    pooled = []
+    for (size, cfg, shift, steps), group in groups.items():
+        totals = {count: sum(r[count] for r in group) for count in set(POOLED.values())}
+        rates = {rate: sum(r[rate] * r[count] for r in group) / totals[count] for rate, count in POOLED.items()}
+        pooled.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps,
+                       "seeds": [r["seed"] for r in group], **totals, **rates})
+    return pooled
 
 
 def main() -> None:
@@ -146,7 +163,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 32])
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--shifts", type=float, nargs="+", default=[1.0])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, nargs="+", default=[0],
+                    help="one draw of names and noise per seed; several seeds also print the pooled figures")
     ap.add_argument("--data-cache", default=str(Path.home() / ".cache" / "turbosample" / "emoji"))
     ap.add_argument("--text-neighbours", metavar="PACK", default=None,
                     help="also rank each paraphrase's emoji by text similarity alone, using the prompt embeddings "
@@ -160,8 +178,13 @@ def main() -> None:
         result["timing"] = time_default(args.runs)
         print(json.dumps(result["timing"]), flush=True)
     if args.n > 0:
-        result["fidelity"] = fidelity(images, prompts, args.n, args.cfg, args.steps, args.sizes, args.seed,
-                                      tuple(args.shifts))
+        result["fidelity"] = [row for seed in args.seed for row in
+                              fidelity(images, prompts, args.n, args.cfg, args.steps, args.sizes, seed,
+                                       tuple(args.shifts))]
+        if len(args.seed) > 1:
+            result["pooled"] = pool_seeds(result["fidelity"])
+            for row in result["pooled"]:
+                print(json.dumps({"pooled": row}), flush=True)
     if args.text_neighbours:
         result["text_neighbours"] = text_neighbour_ranks(Path(args.text_neighbours), prompts)
         for row in result["text_neighbours"]:

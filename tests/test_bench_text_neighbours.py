@@ -1,4 +1,4 @@
-"""bench_builtin's text-only check: where the text encoder alone would put each paraphrase's emoji."""
+"""bench_builtin helpers: where the text encoder alone would put each paraphrase's emoji; pooling seeds."""
 
 import sys
 from pathlib import Path
@@ -31,3 +31,17 @@ def test_text_neighbour_ranks_follow_the_nearest_training_prompt(tmp_path, monke
     assert rows["big red heart"]["target_rank"] == 1
     assert rows["big red heart"]["nearest_prompt_image"] == "orange heart"
     assert rows["froggy"]["target_rank"] == 0
+
+
+def test_pool_seeds_weights_each_rate_by_its_own_count():
+    def row(seed, size, n, top1, para):
+        return {"size": size, "cfg": 4.0, "shift": 1.0, "steps": 28, "seed": seed, "n": n, "top1": top1,
+                "top10": top1, "n_paraphrase": 10, "paraphrase_top10": para, "n_paraphrase2": 5,
+                "paraphrase2_top10": 0.2 * seed}
+    rows = [row(0, 64, 40, 0.6, 0.4), row(1, 64, 20, 0.3, 0.5), row(0, 32, 40, 0.5, 0.1)]
+    pooled = {r["size"]: r for r in bench_builtin.pool_seeds(rows)}
+    assert pooled[64]["seeds"] == [0, 1] and pooled[64]["n"] == 60 and pooled[64]["n_paraphrase"] == 20
+    assert abs(pooled[64]["top1"] - (24 + 6) / 60) < 1e-12          # names weighted by n, not a mean of rates
+    assert abs(pooled[64]["paraphrase_top10"] - 0.45) < 1e-12
+    assert abs(pooled[64]["paraphrase2_top10"] - 0.1) < 1e-12
+    assert pooled[32]["seeds"] == [0] and pooled[32]["top1"] == 0.5
