@@ -73,6 +73,17 @@ def miss_kinds(images, generated, targets: list[int], prompts: list[list[str]]) 
     return {"misses": len(misses), "nearest_is_skin_tone_sibling": sibling}
 
 
+def by_skin_tone(ranks: list[int], targets: list[int], prompts: list[list[str]]) -> dict:
+    """Top-1 / top-10 split between names that are skin-tone variants and the rest (None where a group is empty)."""
+    out = {}
+    for group, want in (("tone", True), ("plain", False)):
+        r = [rank for rank, t in zip(ranks, targets, strict=True) if ("skin tone" in prompts[t][0]) == want]
+        out[f"n_{group}"] = len(r)
+        out[f"{group}_top1"] = sum(x == 0 for x in r) / len(r) if r else None
+        out[f"{group}_top10"] = sum(x < 10 for x in r) / len(r) if r else None
+    return out
+
+
 def generate_batch(prompts: list[str], cfg: float, steps: int, size: int, seed: int, shift: float = 1.0
                    ) -> torch.Tensor:
     out = []
@@ -126,7 +137,7 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
                                          [t for _, t in more])
             rows.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps, "seed": seed, "n": n,
                          "top1": sum(r == 0 for r in ranks) / n, "top10": sum(r < 10 for r in ranks) / n,
-                         **miss_kinds(images, drawn, picks, prompts),
+                         **miss_kinds(images, drawn, picks, prompts), **by_skin_tone(ranks, picks, prompts),
                          "median_rank": statistics.median(ranks),
                          "paraphrase_top10": sum(r < 10 for r in para_ranks) / len(para),
                          "paraphrase_median_rank": statistics.median(para_ranks), "n_paraphrase": len(para),
@@ -136,7 +147,8 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
     return rows
 
 
-POOLED = {"top1": "n", "top10": "n", "paraphrase_top10": "n_paraphrase", "paraphrase2_top10": "n_paraphrase2"}
+POOLED = {"top1": "n", "top10": "n", "paraphrase_top10": "n_paraphrase", "paraphrase2_top10": "n_paraphrase2",
+          "tone_top1": "n_tone", "tone_top10": "n_tone", "plain_top1": "n_plain", "plain_top10": "n_plain"}
 
 
 def pool_seeds(rows: list[dict]) -> list[dict]:
@@ -147,7 +159,8 @@ def pool_seeds(rows: list[dict]) -> list[dict]:
     pooled = []
     for (size, cfg, shift, steps), group in groups.items():
         totals = {count: sum(r[count] for r in group) for count in set(POOLED.values())}
-        rates = {rate: sum(r[rate] * r[count] for r in group) / totals[count] for rate, count in POOLED.items()}
+        rates = {rate: sum((r[rate] or 0.0) * r[count] for r in group) / totals[count] if totals[count] else None
+                 for rate, count in POOLED.items()}
         pooled.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps,
                        "seeds": [r["seed"] for r in group], **totals, **rates})
     return pooled

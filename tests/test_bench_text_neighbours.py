@@ -37,7 +37,8 @@ def test_pool_seeds_weights_each_rate_by_its_own_count():
     def row(seed, size, n, top1, para):
         return {"size": size, "cfg": 4.0, "shift": 1.0, "steps": 28, "seed": seed, "n": n, "top1": top1,
                 "top10": top1, "n_paraphrase": 10, "paraphrase_top10": para, "n_paraphrase2": 5,
-                "paraphrase2_top10": 0.2 * seed}
+                "paraphrase2_top10": 0.2 * seed, "n_tone": n, "tone_top1": top1, "tone_top10": top1,
+                "n_plain": 0, "plain_top1": None, "plain_top10": None}
     rows = [row(0, 64, 40, 0.6, 0.4), row(1, 64, 20, 0.3, 0.5), row(0, 32, 40, 0.5, 0.1)]
     pooled = {r["size"]: r for r in bench_builtin.pool_seeds(rows)}
     assert pooled[64]["seeds"] == [0, 1] and pooled[64]["n"] == 60 and pooled[64]["n_paraphrase"] == 20
@@ -45,3 +46,12 @@ def test_pool_seeds_weights_each_rate_by_its_own_count():
     assert abs(pooled[64]["paraphrase_top10"] - 0.45) < 1e-12
     assert abs(pooled[64]["paraphrase2_top10"] - 0.1) < 1e-12
     assert pooled[32]["seeds"] == [0] and pooled[32]["top1"] == 0.5
+    assert pooled[64]["tone_top1"] == pooled[64]["top1"] and pooled[64]["plain_top1"] is None  # empty group
+
+
+def test_by_skin_tone_splits_ranks_by_the_target_name():
+    prompts = [["waving hand"], ["waving hand, dark skin tone"], ["red apple"], ["thumbs up, light skin tone"]]
+    split = bench_builtin.by_skin_tone([0, 3, 12, 0], [0, 1, 2, 3], prompts)
+    assert split["n_tone"] == 2 and split["tone_top1"] == 0.5 and split["tone_top10"] == 1.0
+    assert split["n_plain"] == 2 and split["plain_top1"] == 0.5 and split["plain_top10"] == 0.5
+    assert bench_builtin.by_skin_tone([0], [2], prompts)["tone_top1"] is None
