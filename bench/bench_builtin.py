@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from turbosample.models.emoji_data import fetch_package, load_emoji
+from turbosample.models.train_data import is_skin_tone_variant
 from turbosample.nodes.pipeline import generate
 from turbosample.nodes.txt2img import Settings
 
@@ -75,9 +76,14 @@ def miss_kinds(images, generated, targets: list[int], prompts: list[list[str]]) 
 
 def by_skin_tone(ranks: list[int], targets: list[int], prompts: list[list[str]]) -> dict:
     """Top-1 / top-10 split between names that are skin-tone variants and the rest (None where a group is empty)."""
+    return split_by_flag(ranks, [is_skin_tone_variant(prompts[t][0]) for t in targets])
+
+
+def split_by_flag(ranks: list[int], tone: list[bool]) -> dict:
+    """Top-1 / top-10 of the ranks whose flag is set ("tone_*") and of the rest ("plain_*"); None for an empty group."""
     out = {}
     for group, want in (("tone", True), ("plain", False)):
-        r = [rank for rank, t in zip(ranks, targets, strict=True) if ("skin tone" in prompts[t][0]) == want]
+        r = [rank for rank, flag in zip(ranks, tone, strict=True) if flag == want]
         out[f"n_{group}"] = len(r)
         out[f"{group}_top1"] = sum(x == 0 for x in r) / len(r) if r else None
         out[f"{group}_top10"] = sum(x < 10 for x in r) / len(r) if r else None

@@ -47,19 +47,28 @@ def size_plan(steps_low: int, steps_mixed: int, p_high: float, seed: int) -> tor
 class DeviceData:
     """The training set on the device, drawn from with a device generator."""
 
-    def __init__(self, data: TrainingData, device: torch.device, seed: int):
+    def __init__(self, data: TrainingData, device: torch.device, seed: int, tone_weight: float = 1.0):
         self.high = data.images_float(device)
         self.low = F.interpolate(self.high, size=(32, 32), mode="area")
         self.emb = data.embeddings.to(device).float()
         self.starts, self.counts = data.starts.to(device), data.counts.to(device)
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.device = device
+        self.draw_weights = None  # uniform over images unless skin-tone variants are weighted
+        if tone_weight != 1.0:
+            if data.tone is None:
+                raise ValueError("--tone-weight needs a data pack with skin-tone flags (write it again with "
+                                 "--write-data-pack)")
+            self.draw_weights = torch.where(data.tone, tone_weight, 1.0).float().to(device)
 
     def batch(self, size: int, high: bool, drop: float) -> tuple[torch.Tensor, ...]:
         """x_t, s * 1000, the prompt condition (B, 1, D) and the velocity target of one batch."""
         g, d = self.gen, self.device
         images = self.high if high else self.low
-        idx = torch.randint(0, images.shape[0], (size,), generator=g, device=d)
+        if self.draw_weights is None:
+            idx = torch.randint(0, images.shape[0], (size,), generator=g, device=d)
+        else:
+            idx = torch.multinomial(self.draw_weights, size, replacement=True, generator=g)
         x0 = images[idx]
         pick = self.starts[idx] + (torch.rand(size, generator=g, device=d) * self.counts[idx]).long()
         keep = torch.rand(size, 1, generator=g, device=d) >= drop
@@ -148,7 +157,7 @@ def train(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     start = time.time()
     data = training_data(args)
-    dev = DeviceData(data, device, args.seed)
+    dev = DeviceData(data, device, args.seed, args.tone_weight)
     print(f"{len(data.images)} images, {len(data.embeddings)} prompt variants", flush=True)
     model = new_model(args).to(device)
     ema = TinyDiT(model.config).to(device)
@@ -244,6 +253,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--cond-drop", type=float, default=0.1)
+    ap.add_argument("--tone-weight", type=float, default=1.0,
+                    help="how often a skin-tone variant image is drawn relative to another image (half the images "
+                         "are tone variants of 320 base emoji; 1 = uniform over images)")
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--heads", type=int, default=4)

@@ -38,13 +38,15 @@ def apply_template(template: str, name: str) -> str:
 
 @dataclass
 class TrainingData:
-    """images (N, 3, 64, 64) uint8; embeddings (V, D) float16; per image the first variant row and the count."""
+    """images (N, 3, 64, 64) uint8; embeddings (V, D) float16; per image the first variant row and the count;
+    tone: per image, whether it is a skin-tone variant (None in packs written before it existed)."""
 
     images: torch.Tensor
     embeddings: torch.Tensor
     starts: torch.Tensor
     counts: torch.Tensor
     info: dict
+    tone: torch.Tensor | None = None
 
     def images_float(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The images in [-1, 1], float32, on ``device``."""
@@ -56,7 +58,12 @@ class TrainingData:
                                                                             strict=True)])
         counts = self.counts[indices]
         return TrainingData(self.images[indices], self.embeddings[rows], torch.cumsum(counts, 0) - counts, counts,
-                            {**self.info, "subset": len(indices)})
+                            {**self.info, "subset": len(indices)}, None if self.tone is None else self.tone[indices])
+
+
+def is_skin_tone_variant(name: str) -> bool:
+    """Whether an image's first name marks it as a skin-tone variant ("waving hand, medium skin tone")."""
+    return "skin tone" in name
 
 
 def build_training_data(data_cache: Path, templates: str = "phrases") -> TrainingData:
@@ -71,13 +78,15 @@ def build_training_data(data_cache: Path, templates: str = "phrases") -> Trainin
     u8 = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     info = {"data": PACKAGE, "text_encoder": TEXT_ENCODER_ID, "templates": templates, "images": len(prompts),
             "prompt_variants": len(flat)}
-    return TrainingData(u8, emb.half(), torch.cumsum(counts, 0) - counts, counts, info)
+    tone = torch.tensor([is_skin_tone_variant(names[0]) for names in prompts])
+    return TrainingData(u8, emb.half(), torch.cumsum(counts, 0) - counts, counts, info, tone)
 
 
 def save_pack(data: TrainingData, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, images=data.images.numpy(), embeddings=data.embeddings.numpy(),
                         starts=data.starts.numpy(), counts=data.counts.numpy(),
+                        **({} if data.tone is None else {"tone": data.tone.numpy()}),
                         info=np.frombuffer(json.dumps(data.info).encode(), dtype=np.uint8))
 
 
@@ -86,10 +95,13 @@ def load_pack(path: Path) -> TrainingData:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in ("images", "embeddings", "starts", "counts", "info")}
+            tone = torch.from_numpy(f["tone"]).bool() if "tone" in f.files else None
     except (OSError, KeyError, ValueError) as exc:
         raise ValueError(f"{path} is not a turbosample training-data pack: {exc}") from None
     info = json.loads(arrays.pop("info").tobytes().decode())
     t = {k: torch.from_numpy(v) for k, v in arrays.items()}
     if t["images"].dtype != torch.uint8 or t["images"].ndim != 4 or len(t["starts"]) != len(t["images"]):
         raise ValueError(f"{path} holds arrays of the wrong shape or type for a training-data pack")
-    return TrainingData(t["images"], t["embeddings"], t["starts"].long(), t["counts"].long(), info)
+    if tone is not None and tone.shape != (len(t["images"]),):
+        raise ValueError(f"{path} has a skin-tone flag array of the wrong shape")
+    return TrainingData(t["images"], t["embeddings"], t["starts"].long(), t["counts"].long(), info, tone)

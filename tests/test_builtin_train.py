@@ -1,4 +1,5 @@
-"""models/train.py on a tiny synthetic pack: weights with their record, fine-tuning stages, the text scale."""
+"""models/train.py on a tiny synthetic pack: weights with their record, fine-tuning stages, the text scale, the
+skin-tone sampling weight."""
 
 import json
 
@@ -7,8 +8,8 @@ import torch
 
 from turbosample.models.builtin import load_model, read_metadata, save_weights
 from turbosample.models.dit import DiTConfig, TinyDiT
-from turbosample.models.train import new_model, parse_args, train
-from turbosample.models.train_data import TrainingData, save_pack
+from turbosample.models.train import DeviceData, new_model, parse_args, train
+from turbosample.models.train_data import TrainingData, load_pack, save_pack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--width", "32", "--depth", "2", "--heads", "2"]
@@ -70,3 +71,49 @@ def test_init_weights_of_another_shape_are_refused(tmp_path):
     save_weights(TinyDiT(DiTConfig(width=32, depth=2, heads=2)), path, {}, dtype="fp32")
     with pytest.raises(ValueError, match="--init weights have config"):
         new_model(parse_args(["--init", str(path), "--width", "64", "--depth", "2", "--heads", "2"]))
+
+
+def tone_data(n_tone: int = 3, n_plain: int = 3) -> TrainingData:
+    n = n_tone + n_plain
+    images = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 3, 64, 64).contiguous()
+    counts = torch.ones(n, dtype=torch.long)
+    emb = torch.nn.functional.normalize(torch.randn(n, 384, generator=torch.Generator().manual_seed(0)), dim=-1)
+    return TrainingData(images, emb.half(), torch.arange(n), counts, {"data": "synthetic"},
+                        torch.tensor([True] * n_tone + [False] * n_plain))
+
+
+def test_packs_keep_the_skin_tone_flags_and_old_packs_load_without_them(tmp_path):
+    data = tone_data()
+    save_pack(data, tmp_path / "tone.npz")
+    loaded = load_pack(tmp_path / "tone.npz")
+    assert torch.equal(loaded.tone, data.tone)
+    assert torch.equal(loaded.subset(torch.tensor([0, 4])).tone, torch.tensor([True, False]))
+    data.tone = None
+    save_pack(data, tmp_path / "old.npz")
+    assert load_pack(tmp_path / "old.npz").tone is None
+
+
+def drawn_images(data: TrainingData, tone_weight: float, n: int = 4000) -> torch.Tensor:
+    """Which image each sample of one big 64 px batch came from (images are constant, one grey level each)."""
+    dev = DeviceData(data, torch.device("cpu"), seed=0, tone_weight=tone_weight)
+    xt, t, _, target = dev.batch(n, True, 0.0)
+    s = (t / 1000)[:, None, None, None]
+    x0 = xt - s * target  # x_t = (1 - s) x0 + s noise and target = noise - x0, so x_t = x0 + s target
+    return ((x0[:, 0, 0, 0] + 1) * 127.5).round().long()
+
+
+def test_tone_weight_sets_how_often_skin_tone_variants_are_drawn():
+    data = tone_data()
+    uniform = drawn_images(data, 1.0)
+    assert 0.45 < (uniform < 3).float().mean() < 0.55
+    weighted = drawn_images(data, 0.25)  # 3 x 0.25 against 3 x 1: a fifth of the draws
+    assert 0.17 < (weighted < 3).float().mean() < 0.23
+    assert set(drawn_images(data, 0.0).tolist()) == {3, 4, 5}
+
+
+def test_tone_weight_needs_a_pack_with_the_flags():
+    data = tone_data()
+    data.tone = None
+    with pytest.raises(ValueError, match="skin-tone flags"):
+        DeviceData(data, torch.device("cpu"), seed=0, tone_weight=0.5)
+    assert DeviceData(data, torch.device("cpu"), seed=0).draw_weights is None
