@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_builtin import split_by_flag
+from bench_builtin import split_by_flag, top_rates
 
 from turbosample.models.builtin import load_model
 from turbosample.models.train import parse_args as train_args
@@ -80,7 +80,7 @@ def main() -> None:
         r = ranks(images, draw(weights, names, 32, 4.0, 0), chosen)
         row = {"variant": name, "args": " ".join(argv[8:]), "train_minutes": round((time.time() - start) / 60, 2),
                "final_loss": info["final_loss"], "images_seen": info["images_seen"],
-               "top1": sum(x == 0 for x in r) / len(r), "top10": sum(x < 10 for x in r) / len(r),
+               **top_rates(r),
                "median_rank": statistics.median(r), "n": len(r), "subset": args.subset,
                **({} if pack.tone is None else split_by_flag(r, pack.tone[chosen].tolist()))}
         print(json.dumps(row), flush=True)

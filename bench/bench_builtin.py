@@ -79,14 +79,20 @@ def by_skin_tone(ranks: list[int], targets: list[int], prompts: list[list[str]])
     return split_by_flag(ranks, [is_skin_tone_variant(prompts[t][0]) for t in targets])
 
 
+def top_rates(ranks: list[int]) -> dict:
+    """Share of rank 0 (top-1) and of ranks under 10 (top-10); None for no ranks."""
+    if not ranks:
+        return {"top1": None, "top10": None}
+    return {"top1": sum(r == 0 for r in ranks) / len(ranks), "top10": sum(r < 10 for r in ranks) / len(ranks)}
+
+
 def split_by_flag(ranks: list[int], tone: list[bool]) -> dict:
     """Top-1 / top-10 of the ranks whose flag is set ("tone_*") and of the rest ("plain_*"); None for an empty group."""
     out = {}
     for group, want in (("tone", True), ("plain", False)):
         r = [rank for rank, flag in zip(ranks, tone, strict=True) if flag == want]
         out[f"n_{group}"] = len(r)
-        out[f"{group}_top1"] = sum(x == 0 for x in r) / len(r) if r else None
-        out[f"{group}_top10"] = sum(x < 10 for x in r) / len(r) if r else None
+        out.update({f"{group}_{k}": v for k, v in top_rates(r).items()})
     return out
 
 
@@ -142,7 +148,7 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
             more_ranks = rank_of_targets(images, generate_batch([p for p, _ in more], cfg, steps, size, seed, shift),
                                          [t for _, t in more])
             rows.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps, "seed": seed, "n": n,
-                         "top1": sum(r == 0 for r in ranks) / n, "top10": sum(r < 10 for r in ranks) / n,
+                         **top_rates(ranks),
                          **miss_kinds(images, drawn, picks, prompts), **by_skin_tone(ranks, picks, prompts),
                          "median_rank": statistics.median(ranks),
                          "paraphrase_top10": sum(r < 10 for r in para_ranks) / len(para),

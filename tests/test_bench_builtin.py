@@ -1,4 +1,4 @@
-"""bench_builtin helpers: where the text encoder alone would put each paraphrase's emoji; pooling seeds."""
+"""bench/bench_builtin.py helpers: text-only paraphrase ranks, pooling seeds, the skin-tone split."""
 
 import sys
 from pathlib import Path
