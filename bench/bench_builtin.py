@@ -131,8 +131,25 @@ def text_neighbour_ranks(pack: Path, prompts: list[list[str]]) -> list[dict]:
     return rows
 
 
+def pair_ranks(images, prompts, pairs: list[tuple[str, int]], setting: tuple, named: bool = False) -> list[int]:
+    """Rank of each (paraphrase, target) pair's emoji drawn from the paraphrase, or from its own name if ``named``;
+    ``setting`` is (cfg, steps, size, seed, shift)."""
+    texts = [prompts[t][0] if named else p for p, t in pairs]
+    return rank_of_targets(images, generate_batch(texts, *setting), [t for _, t in pairs])
+
+
+def paraphrase_misses(phrases: list[str], ranks: list[int], name_ranks: list[int]) -> dict:
+    """Each paraphrase's rank beside its emoji's rank when asked by its own name (same noise), and the paraphrase
+    misses (not in the top 10) split into those the model also misses by name and those only the phrasing loses."""
+    rows = [{"paraphrase": p, "rank": r, "rank_by_name": nr} for p, r, nr in zip(phrases, ranks, name_ranks,
+                                                                                 strict=True)]
+    misses = [row for row in rows if row["rank"] >= 10]
+    return {"paraphrases": rows, "paraphrase_misses": len(misses),
+            "paraphrase_misses_also_by_name": sum(row["rank_by_name"] >= 10 for row in misses)}
+
+
 def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list[int], seed: int,
-             shifts: tuple[float, ...] = (1.0,)) -> list[dict]:
+             shifts: tuple[float, ...] = (1.0,), by_name: bool = False) -> list[dict]:
     rng = random.Random(seed)
     picks = rng.sample(range(len(prompts)), n)
     names = [prompts[i][0] for i in picks]
@@ -143,10 +160,14 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
             start = time.perf_counter()
             drawn = generate_batch(names, cfg, steps, size, seed, shift)
             ranks = rank_of_targets(images, drawn, picks)
-            para_ranks = rank_of_targets(images, generate_batch([p for p, _ in para], cfg, steps, size, seed, shift),
-                                         [t for _, t in para])
-            more_ranks = rank_of_targets(images, generate_batch([p for p, _ in more], cfg, steps, size, seed, shift),
-                                         [t for _, t in more])
+            setting = (cfg, steps, size, seed, shift)
+            para_ranks = pair_ranks(images, prompts, para, setting)
+            more_ranks = pair_ranks(images, prompts, more, setting)
+            extra = {}
+            if by_name:  # the paraphrases' emoji asked by their own names, with the paraphrases' noise
+                extra = paraphrase_misses([p for p, _ in para + more], para_ranks + more_ranks,
+                                          pair_ranks(images, prompts, para, setting, named=True)
+                                          + pair_ranks(images, prompts, more, setting, named=True))
             rows.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps, "seed": seed, "n": n,
                          **top_rates(ranks),
                          **miss_kinds(images, drawn, picks, prompts), **by_skin_tone(ranks, picks, prompts),
@@ -154,7 +175,7 @@ def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list
                          "paraphrase_top10": sum(r < 10 for r in para_ranks) / len(para),
                          "paraphrase_median_rank": statistics.median(para_ranks), "n_paraphrase": len(para),
                          "paraphrase2_top10": sum(r < 10 for r in more_ranks) / len(more), "n_paraphrase2": len(more),
-                         "seconds": round(time.perf_counter() - start, 1)})
+                         **extra, "seconds": round(time.perf_counter() - start, 1)})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -173,8 +194,10 @@ def pool_seeds(rows: list[dict]) -> list[dict]:
         totals = {count: sum(r[count] for r in group) for count in set(POOLED.values())}
         rates = {rate: sum((r[rate] or 0.0) * r[count] for r in group) / totals[count] if totals[count] else None
                  for rate, count in POOLED.items()}
+        misses = {key: sum(r[key] for r in group) for key in ("paraphrase_misses", "paraphrase_misses_also_by_name")
+                  if all(key in r for r in group)}
         pooled.append({"size": size, "cfg": cfg, "shift": shift, "steps": steps,
-                       "seeds": [r["seed"] for r in group], **totals, **rates})
+                       "seeds": [r["seed"] for r in group], **totals, **rates, **misses})
     return pooled
 
 
@@ -194,6 +217,9 @@ def main() -> None:
     ap.add_argument("--text-neighbours", metavar="PACK", default=None,
                     help="also rank each paraphrase's emoji by text similarity alone, using the prompt embeddings "
                          "of a training pack (models/train.py --write-data-pack)")
+    ap.add_argument("--by-name", action="store_true",
+                    help="also draw each paraphrase's emoji by its own name (same noise) and report which paraphrase "
+                         "misses the model also makes by name")
     ap.add_argument("--out", default="bench/out/builtin.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -205,7 +231,7 @@ def main() -> None:
     if args.n > 0:
         result["fidelity"] = [row for seed in args.seed for row in
                               fidelity(images, prompts, args.n, args.cfg, args.steps, args.sizes, seed,
-                                       tuple(args.shifts))]
+                                       tuple(args.shifts), args.by_name)]
         if len(args.seed) > 1:
             result["pooled"] = pool_seeds(result["fidelity"])
             for row in result["pooled"]:

@@ -55,3 +55,31 @@ def test_by_skin_tone_splits_ranks_by_the_target_name():
     assert split["n_tone"] == 2 and split["tone_top1"] == 0.5 and split["tone_top10"] == 1.0
     assert split["n_plain"] == 2 and split["plain_top1"] == 0.5 and split["plain_top10"] == 0.5
     assert bench_builtin.by_skin_tone([0], [2], prompts)["tone_top1"] is None
+
+
+def test_fidelity_by_name_separates_phrasing_misses_from_drawing_misses(monkeypatch):
+    # 16 flat training images of increasing grey; the image of index 15 is far from the three targets (0, 1, 2)
+    images = torch.linspace(-1, 1, 16)[:, None, None, None].expand(16, 3, 8, 8).contiguous()
+    prompts = [["cat face"], ["slice of pizza"], ["frog face"]] + [[f"other {i}"] for i in range(12)] + [["dog"]]
+    monkeypatch.setattr(bench_builtin, "PARAPHRASES", {"kitty": "cat face", "pizza": "slice of pizza"})
+    monkeypatch.setattr(bench_builtin, "PARAPHRASES_MORE", {"froggy": "frog face"})
+    # what the fake model draws: "kitty" right; "pizza" and "froggy" wrong; "slice of pizza" wrong by name too
+    draws = {"kitty": 0, "pizza": 15, "froggy": 15, "slice of pizza": 15}
+    index = {variants[0]: i for i, variants in enumerate(prompts)}
+    calls = []
+
+    def fake_batch(texts, cfg, steps, size, seed, shift=1.0):
+        calls.append((tuple(texts), seed))
+        return torch.stack([images[draws.get(t, index.get(t, 15))] for t in texts])
+
+    monkeypatch.setattr(bench_builtin, "generate_batch", fake_batch)
+    row, = bench_builtin.fidelity(images, prompts, 3, [4.0], 28, [64], seed=7, by_name=True)
+    ranks = {r["paraphrase"]: (r["rank"], r["rank_by_name"]) for r in row["paraphrases"]}
+    assert ranks["kitty"] == (0, 0) and ranks["froggy"][1] == 0
+    assert ranks["pizza"][0] >= 10 and ranks["pizza"][1] >= 10 and ranks["froggy"][0] >= 10
+    assert row["paraphrase_misses"] == 2 and row["paraphrase_misses_also_by_name"] == 1
+    # the names are drawn with the paraphrases' noise: same batch order, same seed
+    assert (("kitty", "pizza"), 7) in calls and (("cat face", "slice of pizza"), 7) in calls
+    assert (("froggy",), 7) in calls and (("frog face",), 7) in calls
+    pooled, = bench_builtin.pool_seeds([row, {**row, "seed": 8}])
+    assert pooled["paraphrase_misses"] == 4 and pooled["paraphrase_misses_also_by_name"] == 2
