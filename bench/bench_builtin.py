@@ -66,12 +66,19 @@ def family(variants: list[str]) -> str:
     return variants[0].split(", ")[0]
 
 
-def miss_kinds(images, generated, targets: list[int], prompts: list[list[str]]) -> dict:
-    """Where the nearest training image of each miss lies: a skin-tone sibling of the target, or elsewhere."""
+def miss_kinds(images, generated, targets: list[int], prompts: list[list[str]], k: int = 10) -> dict:
+    """Where the nearest training image of each miss lies: a skin-tone sibling of the target, or else one of the
+    target's k nearest training images in pixels (a look-alike), or elsewhere. ``other_misses`` lists the
+    (target, nearest) pairs that are not siblings."""
     nearest = nearest_distances(images, generated).argmin(1).tolist()
-    misses = [(n, t) for n, t in zip(nearest, targets, strict=True) if n != t]
-    sibling = sum(family(prompts[n]) == family(prompts[t]) for n, t in misses)
-    return {"misses": len(misses), "nearest_is_skin_tone_sibling": sibling}
+    misses = [(t, n) for n, t in zip(nearest, targets, strict=True) if n != t]
+    others = [[t, n] for t, n in misses if family(prompts[n]) != family(prompts[t])]
+    look_alike = 0
+    if others:
+        dists = nearest_distances(images, images[[t for t, _ in others]])
+        look_alike = sum(int((d < d[n]).sum()) - 1 < k for d, (_, n) in zip(dists, others, strict=True))
+    return {"misses": len(misses), "nearest_is_skin_tone_sibling": len(misses) - len(others),
+            f"other_misses_pixel_neighbour_k{k}": look_alike, "other_misses": others}
 
 
 def by_skin_tone(ranks: list[int], targets: list[int], prompts: list[list[str]]) -> dict:
@@ -148,6 +155,25 @@ def paraphrase_misses(phrases: list[str], ranks: list[int], name_ranks: list[int
             "paraphrase_misses_also_by_name": sum(row["rank_by_name"] >= 10 for row in misses)}
 
 
+def text_neighbour_misses(pack: Path, rows: list[dict], k: int = 10) -> None:
+    """Add to each fidelity row how many of its other (not skin-tone sibling) misses drew an image whose prompts are
+    among the k nearest to the target's in MiniLM space (the prompt could not tell them apart)."""
+    from turbosample.models.train_data import load_pack
+
+    data = load_pack(pack)
+    emb = data.embeddings.float()
+    owner = torch.repeat_interleave(torch.arange(len(data.counts)), data.counts)
+    for row in rows:
+        near = 0
+        for target, drawn in row["other_misses"]:
+            start, count = int(data.starts[target]), int(data.counts[target])
+            sim = (emb[start:start + count] @ emb.T).amax(0)
+            best = torch.full((len(data.counts),), -2.0).scatter_reduce(0, owner, sim, "amax")
+            best[target] = 2.0  # the target itself is not a neighbour
+            near += int((best > best[drawn]).sum()) <= k
+        row[f"other_misses_text_neighbour_k{k}"] = near
+
+
 def fidelity(images, prompts, n: int, cfgs: list[float], steps: int, sizes: list[int], seed: int,
              shifts: tuple[float, ...] = (1.0,), by_name: bool = False) -> list[dict]:
     rng = random.Random(seed)
@@ -215,8 +241,9 @@ def main() -> None:
                     help="one draw of names and noise per seed; several seeds also print the pooled figures")
     ap.add_argument("--data-cache", default=str(Path.home() / ".cache" / "turbosample" / "emoji"))
     ap.add_argument("--text-neighbours", metavar="PACK", default=None,
-                    help="also rank each paraphrase's emoji by text similarity alone, using the prompt embeddings "
-                         "of a training pack (models/train.py --write-data-pack)")
+                    help="also rank each paraphrase's emoji by text similarity alone, and count the misses that drew "
+                         "one of the target's 10 nearest emoji in prompt space, using the prompt embeddings of a "
+                         "training pack (models/train.py --write-data-pack)")
     ap.add_argument("--by-name", action="store_true",
                     help="also draw each paraphrase's emoji by its own name (same noise) and report which paraphrase "
                          "misses the model also makes by name")
@@ -232,6 +259,12 @@ def main() -> None:
         result["fidelity"] = [row for seed in args.seed for row in
                               fidelity(images, prompts, args.n, args.cfg, args.steps, args.sizes, seed,
                                        tuple(args.shifts), args.by_name)]
+        if args.text_neighbours:
+            text_neighbour_misses(Path(args.text_neighbours), result["fidelity"])
+            for row in result["fidelity"]:
+                print(json.dumps({key: row[key] for key in ("seed", "misses", "nearest_is_skin_tone_sibling",
+                                                             "other_misses_pixel_neighbour_k10",
+                                                             "other_misses_text_neighbour_k10")}), flush=True)
         if len(args.seed) > 1:
             result["pooled"] = pool_seeds(result["fidelity"])
             for row in result["pooled"]:

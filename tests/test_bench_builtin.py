@@ -83,3 +83,28 @@ def test_fidelity_by_name_separates_phrasing_misses_from_drawing_misses(monkeypa
     assert (("froggy",), 7) in calls and (("frog face",), 7) in calls
     pooled, = bench_builtin.pool_seeds([row, {**row, "seed": 8}])
     assert pooled["paraphrase_misses"] == 4 and pooled["paraphrase_misses_also_by_name"] == 2
+
+
+def test_text_neighbour_misses_counts_draws_of_the_targets_nearest_prompts(tmp_path):
+    # image 0 has two prompts: one near image 1's, one near image 2's; images 3 and 4 are unrelated
+    emb = torch.tensor([[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0], [0.9, 0.44, 0, 0, 0], [0, 0.8, 0.6, 0, 0],
+                        [0.1, 0, 0.99, 0, 0], [0, 0, 0, 0.2, 0.98]])
+    starts, counts = torch.tensor([0, 2, 3, 4, 5]), torch.tensor([2, 1, 1, 1, 1])
+    pack = tmp_path / "pack.npz"
+    save_pack(TrainingData(torch.zeros(5, 3, 64, 64, dtype=torch.uint8), emb.half(), starts, counts, {}), pack)
+    rows = [{"other_misses": [[0, 1], [0, 2], [0, 4]]}, {"other_misses": []}]
+    bench_builtin.text_neighbour_misses(pack, rows, k=2)
+    # image 0's nearest others: 1 (0.9, via its first prompt), 2 (0.8, via its second), 3 (0.1), 4 (0)
+    assert rows[0]["other_misses_text_neighbour_k2"] == 2 and rows[1]["other_misses_text_neighbour_k2"] == 0
+    bench_builtin.text_neighbour_misses(pack, rows, k=1)
+    assert rows[0]["other_misses_text_neighbour_k1"] == 1
+
+
+def test_miss_kinds_tells_siblings_look_alikes_and_other_misses_apart():
+    # flat grey images: 0 and 1 are neighbours in pixels, 5 is far from 0; 2 is a skin-tone sibling of 3
+    images = torch.tensor([-1.0, -0.9, 0.0, 0.05, 0.5, 1.0])[:, None, None, None].expand(6, 3, 8, 8).contiguous()
+    prompts = [["rocket"], ["airplane"], ["waving hand"], ["waving hand, dark skin tone"], ["cow"], ["ghost"]]
+    drawn = images[[1, 5, 2, 4]]  # rocket -> airplane, rocket -> ghost, waving hand (dark) -> waving hand, cow -> cow
+    kinds = bench_builtin.miss_kinds(images, drawn, [0, 0, 3, 4], prompts, k=1)
+    assert kinds["misses"] == 3 and kinds["nearest_is_skin_tone_sibling"] == 1
+    assert kinds["other_misses"] == [[0, 1], [0, 5]] and kinds["other_misses_pixel_neighbour_k1"] == 1
