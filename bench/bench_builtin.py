@@ -241,9 +241,9 @@ def main() -> None:
                     help="one draw of names and noise per seed; several seeds also print the pooled figures")
     ap.add_argument("--data-cache", default=str(Path.home() / ".cache" / "turbosample" / "emoji"))
     ap.add_argument("--text-neighbours", metavar="PACK", default=None,
-                    help="also rank each paraphrase's emoji by text similarity alone, and count the misses that drew "
-                         "one of the target's 10 nearest emoji in prompt space, using the prompt embeddings of a "
-                         "training pack (models/train.py --write-data-pack)")
+                    help="also rank each paraphrase's emoji by text similarity alone, and count the non-sibling "
+                         "misses that drew one of the target's 10 nearest emoji in prompt space, using the prompt "
+                         "embeddings of a training pack (models/train.py --write-data-pack)")
     ap.add_argument("--by-name", action="store_true",
                     help="also draw each paraphrase's emoji by its own name (same noise) and report which paraphrase "
                          "misses the model also makes by name")
