@@ -119,6 +119,11 @@ def paraphrase_targets(table: dict[str, str], prompts: list[list[str]]) -> list[
     return [(p, first[t]) for p, t in table.items() if t in first]
 
 
+def per_image_max(prompt_sims: torch.Tensor, owner: torch.Tensor, n_images: int) -> torch.Tensor:
+    """Each training image's best similarity over its prompt variants (``owner``: the image of each variant)."""
+    return torch.full((n_images,), -2.0).scatter_reduce(0, owner, prompt_sims, "amax")
+
+
 def text_neighbour_ranks(pack: Path, prompts: list[list[str]]) -> list[dict]:
     """For each paraphrase: the target's rank among training images ordered by their nearest prompt in MiniLM
     space (0 = the encoder alone would pick the named emoji). Separates text-encoder limits from drawing ones."""
@@ -131,7 +136,7 @@ def text_neighbour_ranks(pack: Path, prompts: list[list[str]]) -> list[dict]:
     sims = encode_prompts([p for p, _ in pairs]).float() @ data.embeddings.float().T
     rows = []
     for (phrase, target), sim in zip(pairs, sims, strict=True):
-        best = torch.full((len(data.counts),), -2.0).scatter_reduce(0, owner, sim, "amax")
+        best = per_image_max(sim, owner, len(data.counts))
         rows.append({"paraphrase": phrase, "target": prompts[target][0],
                      "nearest_prompt_image": prompts[int(best.argmax())][0],
                      "target_rank": int((best > best[target]).sum())})
@@ -168,7 +173,7 @@ def text_neighbour_misses(pack: Path, rows: list[dict], k: int = 10) -> None:
         for target, drawn in row["other_misses"]:
             start, count = int(data.starts[target]), int(data.counts[target])
             sim = (emb[start:start + count] @ emb.T).amax(0)
-            best = torch.full((len(data.counts),), -2.0).scatter_reduce(0, owner, sim, "amax")
+            best = per_image_max(sim, owner, len(data.counts))
             best[target] = 2.0  # the target itself is not a neighbour
             near += int((best > best[drawn]).sum()) <= k
         row[f"other_misses_text_neighbour_k{k}"] = near
