@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from turbosample.models.emoji_data import fetch_package, load_emoji
-from turbosample.models.train_data import is_skin_tone_variant
+from turbosample.models.train_data import TEMPLATE_SETS, is_skin_tone_variant
 from turbosample.nodes.pipeline import generate
 from turbosample.nodes.txt2img import Settings
 
@@ -111,6 +111,17 @@ def generate_batch(prompts: list[str], cfg: float, steps: int, size: int, seed: 
                                 flow_shift=shift))[0]
         out.append(torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 127.5 - 1)
     return torch.stack(out)
+
+
+def ensembled_encoder(encode, templates: tuple[str, ...] = TEMPLATE_SETS["phrases"]):
+    """``encode`` with each non-empty prompt's embedding averaged over the training phrasings, renormalised."""
+    def encode_ensembled(prompts: list[str]) -> torch.Tensor:
+        out = encode(prompts)
+        for i, prompt in enumerate(prompts):
+            if prompt.strip():
+                out[i] = F.normalize(encode([t.format(prompt) for t in templates]).float().mean(0), dim=-1)
+        return out
+    return encode_ensembled
 
 
 def paraphrase_targets(table: dict[str, str], prompts: list[list[str]]) -> list[tuple[str, int]]:
@@ -252,9 +263,14 @@ def main() -> None:
     ap.add_argument("--by-name", action="store_true",
                     help="also draw each paraphrase's emoji by its own name (same noise) and report which paraphrase "
                          "misses the model also makes by name")
+    ap.add_argument("--prompt-ensemble", action="store_true",
+                    help="encode every prompt as the mean of its four training phrasings (an inference-side test)")
     ap.add_argument("--out", default="bench/out/builtin.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.prompt_ensemble:
+        from turbosample.models import text
+        text.encode_prompts = ensembled_encoder(text.encode_prompts)
     images, prompts, _ = load_emoji(fetch_package(Path(args.data_cache)))
     result = {"threads": args.threads}
     if args.runs > 0:

@@ -132,17 +132,42 @@ def training_data(args: argparse.Namespace) -> TrainingData:
     return data
 
 
+def grown_block_slots(old_depth: int, new_depth: int) -> list[int]:
+    """Where each of ``old_depth`` blocks goes in a ``new_depth`` stack: spread evenly, the new blocks between."""
+    return [i * new_depth // old_depth for i in range(old_depth)]
+
+
+def grow_depth(state: dict[str, torch.Tensor], model: TinyDiT, old_depth: int) -> dict[str, torch.Tensor]:
+    """``state`` of a shallower model mapped onto ``model``: the old blocks keep their weights at
+    ``grown_block_slots``, the new blocks keep ``model``'s fresh init, whose adaLN-Zero gates are zero, so the
+    grown model computes the same function as the old one until training moves the gates."""
+    grown = model.state_dict()
+    slots = grown_block_slots(old_depth, model.config.depth)
+    for key, value in state.items():
+        if key.startswith("blocks."):
+            _, index, rest = key.split(".", 2)
+            key = f"blocks.{slots[int(index)]}.{rest}"
+        grown[key] = value
+    return grown
+
+
 def new_model(args: argparse.Namespace) -> TinyDiT:
     config = DiTConfig(width=args.width, depth=args.depth, heads=args.heads, patch_size=args.patch,
                        text_scale=args.text_scale)
     model = TinyDiT(config)
     if args.init:
         start = load_model(args.init)
-        if replace(start.config, text_scale=config.text_scale) != config:
-            raise ValueError(f"--init weights have config {start.config}, not {config}")
+        deeper = args.grow and config.depth > start.config.depth
+        comparable = replace(start.config, text_scale=config.text_scale, depth=config.depth if deeper else
+                             start.config.depth)
+        if comparable != config:
+            hint = " (--grow deepens a shallower model)" if start.config.depth < config.depth else ""
+            raise ValueError(f"--init weights have config {start.config}, not {config}{hint}")
         state = start.state_dict()
         # same function under a new text scale: the first text layer absorbs the ratio
         state["text_mlp.0.weight"] = state["text_mlp.0.weight"] * (start.config.text_scale / config.text_scale)
+        if deeper:
+            state = grow_depth(state, model, start.config.depth)
         model.load_state_dict(state)
     return model
 
@@ -269,6 +294,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--checkpoint-every", type=int, default=250)
     ap.add_argument("--init", help="start from these built-in weights (a fine-tuning stage)")
+    ap.add_argument("--grow", action="store_true",
+                    help="with --init and a larger --depth: insert new zero-gated blocks between the old ones "
+                         "(the grown model starts as the same function)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast (default: on for CUDA, off on the CPU; on a CPU with AVX512-BF16 or AMX it "

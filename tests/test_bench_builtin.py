@@ -108,3 +108,15 @@ def test_miss_kinds_tells_siblings_look_alikes_and_other_misses_apart():
     kinds = bench_builtin.miss_kinds(images, drawn, [0, 0, 3, 4], prompts, k=1)
     assert kinds["misses"] == 3 and kinds["nearest_is_skin_tone_sibling"] == 1
     assert kinds["other_misses"] == [[0, 1], [0, 5]] and kinds["other_misses_pixel_neighbour_k1"] == 1
+
+
+def test_the_prompt_ensemble_averages_the_training_phrasings_and_keeps_the_null_prompt():
+    basis = torch.eye(4)
+    table = {"kitty": basis[0], "a kitty": basis[1], "kitty emoji": basis[2], "an image of kitty": basis[3]}
+
+    def encode(prompts):
+        return torch.stack([table.get(p, torch.zeros(4)) for p in prompts])
+
+    out = bench_builtin.ensembled_encoder(encode)(["kitty", ""])
+    torch.testing.assert_close(out[0], torch.full((4,), 0.5))  # mean of four orthogonal units, renormalised
+    assert out[1].abs().max() == 0

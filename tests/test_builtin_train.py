@@ -73,6 +73,29 @@ def test_init_weights_of_another_shape_are_refused(tmp_path):
         new_model(parse_args(["--init", str(path), "--width", "64", "--depth", "2", "--heads", "2"]))
 
 
+def test_grow_deepens_a_model_that_starts_as_the_same_function(tmp_path):
+    start = randomised(TinyDiT(DiTConfig(width=32, depth=2, heads=2)))
+    path = tmp_path / "start.safetensors"
+    save_weights(start, path, {}, dtype="fp32")
+    context = torch.nn.functional.normalize(torch.randn(2, 384, generator=torch.Generator().manual_seed(3)), dim=-1)
+    deeper = ["--init", str(path), "--text-scale", "1", "--width", "32", "--depth", "5", "--heads", "2"]
+    with pytest.raises(ValueError, match="--grow"):
+        new_model(parse_args(deeper))
+    model = new_model(parse_args([*deeper, "--grow"]))
+    assert len(model.blocks) == 5
+    torch.testing.assert_close(outputs(model, context), outputs(start, context), rtol=1e-4, atol=1e-5)
+    # old blocks spread out (slots 0 and 2), the new ones fresh and gated shut until trained
+    torch.testing.assert_close(model.blocks[2].qkv.weight, start.blocks[1].qkv.weight)
+    assert not torch.equal(model.blocks[1].qkv.weight, start.blocks[1].qkv.weight)
+    assert model.blocks[1].ada.weight.abs().max() == 0 and model.blocks[4].ada.weight.abs().max() == 0
+    # the new blocks are real: open their gates and the function changes
+    with torch.no_grad():
+        model.blocks[1].ada.bias.fill_(0.5)
+    assert (outputs(model, context) - outputs(start, context)).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="--init weights have config"):  # growing never narrows or shrinks
+        new_model(parse_args(["--init", str(path), "--width", "32", "--depth", "1", "--heads", "2", "--grow"]))
+
+
 def tone_data(n_tone: int = 3, n_plain: int = 3) -> TrainingData:
     n = n_tone + n_plain
     images = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 3, 64, 64).contiguous()
