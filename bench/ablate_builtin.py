@@ -5,8 +5,9 @@
 
 Every variant trains ``models/train.py`` on the same random subset of images at 32 px (phase 1 only) with the same
 step count and batch unless its own arguments say otherwise, then draws each subset image's name (seed fixed,
-Euler 28 steps, CFG 4, 32 px) and ranks the named image among all training images by pixel distance (as
-``bench/bench_builtin.py`` does). One JSON line per variant: top-1 / top-10 / median rank, loss, train minutes.
+Euler 28 steps, CFG 4, 32 px unless ``--eval-sizes`` says otherwise) and ranks the named image among all training
+images by pixel distance at 32x32 (as ``bench/bench_builtin.py`` does). One JSON line per variant and evaluation
+size: top-1 / top-10 / median rank, loss, train minutes.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--common", default="--steps-low 1500 --steps-mixed 0 --batch 64 --warmup 100 --lr 1e-3",
                     help="train.py arguments shared by all variants")
     ap.add_argument("--variant", action="append", required=True, help="'name:extra train.py arguments'")
+    ap.add_argument("--eval-sizes", type=int, nargs="+", default=[32],
+                    help="draw the evaluation at these sizes (one JSON line per variant and size)")
     ap.add_argument("--workdir", default="/tmp/ablate")
     ap.add_argument("--out", default="bench/out/ablate.jsonl")
     args = ap.parse_args()
@@ -77,15 +80,17 @@ def main() -> None:
                 "--checkpoint-every", "0", "--log-every", "500", *shlex.split(args.common), *shlex.split(extra)]
         start = time.time()
         info = train(train_args(argv))
-        r = ranks(images, draw(weights, names, 32, 4.0, 0), chosen)
-        row = {"variant": name, "args": " ".join(argv[8:]), "train_minutes": round((time.time() - start) / 60, 2),
-               "final_loss": info["final_loss"], "images_seen": info["images_seen"],
-               **top_rates(r),
-               "median_rank": statistics.median(r), "n": len(r), "subset": args.subset,
-               **({} if pack.tone is None else split_by_flag(r, pack.tone[chosen].tolist()))}
-        print(json.dumps(row), flush=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        minutes = round((time.time() - start) / 60, 2)
+        for size in args.eval_sizes:
+            r = ranks(images, draw(weights, names, size, 4.0, 0), chosen)
+            row = {"variant": name, "args": " ".join(argv[8:]), "train_minutes": minutes,
+                   "final_loss": info["final_loss"], "images_seen": info["images_seen"], "eval_size": size,
+                   **top_rates(r),
+                   "median_rank": statistics.median(r), "n": len(r), "subset": args.subset,
+                   **({} if pack.tone is None else split_by_flag(r, pack.tone[chosen].tolist()))}
+            print(json.dumps(row), flush=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
