@@ -15,6 +15,7 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,10 @@ def generate_batch(prompts: list[str], cfg: float, steps: int, size: int, seed: 
     return torch.stack(out)
 
 
-def ensembled_encoder(encode, templates: tuple[str, ...] = TEMPLATE_SETS["phrases"]):
+Encoder = Callable[[list[str]], torch.Tensor]
+
+
+def ensembled_encoder(encode: Encoder, templates: tuple[str, ...] = TEMPLATE_SETS["phrases"]) -> Encoder:
     """``encode`` with each non-empty prompt's embedding averaged over the training phrasings, renormalised."""
     def encode_ensembled(prompts: list[str]) -> torch.Tensor:
         out = encode(prompts)

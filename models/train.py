@@ -3,8 +3,9 @@
 Rectified flow (x_t = (1 - s) x0 + s noise, target v = noise - x0), logit-normal s, prompts dropped to the null
 condition for CFG, the unit-length prompt embedding scaled to unit-size components (``--text-scale``; a fine-tune
 from weights of another scale folds the ratio into the first text layer), AdamW with warm-up and cosine decay, EMA
-weights saved (float16 by default, the training record in the metadata). Phase 1 trains at 32x32 only; phase 2
-mixes in 64x64 batches so both resolutions are learned.
+weights saved (float16 by default, the training record in the metadata); ``--grow`` deepens ``--init`` weights
+with new zero-gated blocks, so a fine-tune can add capacity without changing where it starts. Phase 1 trains at
+32x32 only; phase 2 mixes in 64x64 batches so both resolutions are learned.
 
 On a GPU the whole data set lives on the device and every random draw (images, prompt variants, CFG drop, s,
 noise) comes from one seeded generator on the device; the 32/64 px plan of all steps is drawn up front, the model
