@@ -159,9 +159,9 @@ def new_model(args: argparse.Namespace) -> TinyDiT:
     if args.init:
         start = load_model(args.init)
         deeper = args.grow and config.depth > start.config.depth
-        comparable = replace(start.config, text_scale=config.text_scale, depth=config.depth if deeper else
-                             start.config.depth)
-        if comparable != config:
+        # what may differ: the text scale always, the depth when growing
+        allowed = {"text_scale": config.text_scale, **({"depth": config.depth} if deeper else {})}
+        if replace(start.config, **allowed) != config:
             hint = " (--grow deepens a shallower model)" if start.config.depth < config.depth else ""
             raise ValueError(f"--init weights have config {start.config}, not {config}{hint}")
         state = start.state_dict()
