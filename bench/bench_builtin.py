@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from turbosample.models.emoji_data import fetch_package, load_emoji
-from turbosample.models.train_data import TEMPLATE_SETS, is_skin_tone_variant
+from turbosample.models.train_data import TEMPLATE_SETS, apply_template, is_skin_tone_variant
 from turbosample.nodes.pipeline import generate
 from turbosample.nodes.txt2img import Settings
 
@@ -123,7 +123,7 @@ def ensembled_encoder(encode: Encoder, templates: tuple[str, ...] = TEMPLATE_SET
         out = encode(prompts)
         for i, prompt in enumerate(prompts):
             if prompt.strip():
-                out[i] = F.normalize(encode([t.format(prompt) for t in templates]).float().mean(0), dim=-1)
+                out[i] = F.normalize(encode([apply_template(t, prompt) for t in templates]).float().mean(0), dim=-1)
         return out
     return encode_ensembled
 
