@@ -12,13 +12,11 @@ from turbosample.models.dit import DiTConfig, TinyDiT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import soup_builtin  # noqa: E402
+from test_builtin_train import randomised  # noqa: E402
 
 
 def _weights(tmp_path, name: str, seed: int, **config) -> Path:
-    torch.manual_seed(seed)
-    model = TinyDiT(DiTConfig(width=32, depth=2, heads=2, **config))
-    for p in model.parameters():
-        torch.nn.init.normal_(p)  # adaLN-Zero starts some weights at zero: make every one differ between members
+    model = randomised(TinyDiT(DiTConfig(width=32, depth=2, heads=2, **config)), seed)  # every weight differs
     path = tmp_path / name
     save_weights(model, path, {"seed": seed})
     return path

@@ -26,9 +26,9 @@ def pack(tmp_path):
     return path
 
 
-def randomised(model: TinyDiT) -> TinyDiT:
+def randomised(model: TinyDiT, seed: int = 1) -> TinyDiT:
     """The zero-initialised output layers made non-zero, so outputs depend on every input."""
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
