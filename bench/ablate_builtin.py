@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from bench_builtin import split_by_flag, top_rates
 
-from turbosample.models.builtin import load_model
+from turbosample.models.autoencoder import Autoencoder, load_autoencoder
+from turbosample.models.builtin import load_model, read_metadata
 from turbosample.models.train import parse_args as train_args
 from turbosample.models.train import train
 from turbosample.models.train_data import load_pack
@@ -34,15 +35,24 @@ from turbosample.samplers.run import sample
 from turbosample.samplers.schedulers import compute_sigmas
 
 
+def latent_autoencoder(weights: Path) -> Autoencoder | None:
+    """The autoencoder that latent-space weights were trained with (``train.py --autoencoder``), else None."""
+    path = json.loads(read_metadata(weights).get("turbosample.info", "{}")).get("args", {}).get("autoencoder")
+    return load_autoencoder(path) if path else None
+
+
 @torch.no_grad()
 def draw(weights: Path, emb: torch.Tensor, size: int, cfg: float, seed: int) -> torch.Tensor:
-    """One image per embedding row (B, 3, size, size) in [-1, 1]."""
-    model = DiffusionModel(load_model(weights), FlowSampling())
+    """One image per embedding row (B, 3, size, size) in [-1, 1]; latent-space weights are decoded."""
+    net, ae = load_model(weights), latent_autoencoder(weights)
+    model = DiffusionModel(net, FlowSampling())
     sigmas = compute_sigmas(model.model_sampling, "simple", 28)
     null = [[torch.zeros(1, 1, emb.shape[1]), {}]]
-    out = [sample(model, [[e[None, None].float(), {}]], null, torch.zeros(1, 3, size, size), SAMPLERS["euler"],
-                  sigmas, seed + k, cfg) for k, e in enumerate(emb)]
-    return torch.cat(out).clamp(-1, 1)
+    side = size if ae is None else size // ae.config.downsample
+    out = torch.cat([sample(model, [[e[None, None].float(), {}]], null,
+                            torch.zeros(1, net.config.in_channels, side, side), SAMPLERS["euler"], sigmas, seed + k,
+                            cfg) for k, e in enumerate(emb)])
+    return (out if ae is None else ae.decode(out)).clamp(-1, 1)
 
 
 def ranks(images: torch.Tensor, generated: torch.Tensor, targets: torch.Tensor) -> list[int]:

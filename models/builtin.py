@@ -57,8 +57,12 @@ def load_model(path: str | Path | None = None) -> TinyDiT:
 
 @functools.lru_cache(maxsize=2)
 def cached_model(path: str | None = None) -> TinyDiT:
-    """Shared read-only instance (the model holds no per-run state)."""
-    return load_model(path)
+    """Shared read-only instance (the model holds no per-run state); pixel-space weights only."""
+    model = load_model(path)
+    if model.config.in_channels != 3:
+        raise ValueError(f"these built-in weights are latent-space ({model.config.in_channels} channels, "
+                         "models/train.py --autoencoder, an ablation): the app and nodes run pixel-space weights")
+    return model
 
 
 @functools.lru_cache(maxsize=2)

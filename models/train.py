@@ -48,9 +48,13 @@ def size_plan(steps_low: int, steps_mixed: int, p_high: float, seed: int) -> tor
 class DeviceData:
     """The training set on the device, drawn from with a device generator."""
 
-    def __init__(self, data: TrainingData, device: torch.device, seed: int, tone_weight: float = 1.0):
-        self.high = data.images_float(device)
-        self.low = F.interpolate(self.high, size=(32, 32), mode="area")
+    def __init__(self, data: TrainingData, device: torch.device, seed: int, tone_weight: float = 1.0,
+                 latents: torch.Tensor | None = None):
+        if latents is None:
+            self.high = data.images_float(device)
+            self.low = F.interpolate(self.high, size=(32, 32), mode="area")
+        else:  # latent-space training: one size, whatever the 32/64 px plan says
+            self.high = self.low = latents.to(device)
         self.emb = data.embeddings.to(device).float()
         self.starts, self.counts = data.starts.to(device), data.counts.to(device)
         self.gen = torch.Generator(device=device).manual_seed(seed)
@@ -152,9 +156,22 @@ def grow_depth(state: dict[str, torch.Tensor], model: TinyDiT, old_depth: int) -
     return grown
 
 
-def new_model(args: argparse.Namespace) -> TinyDiT:
-    config = DiTConfig(width=args.width, depth=args.depth, heads=args.heads, patch_size=args.patch,
-                       text_scale=args.text_scale)
+def encoded_latents(path: str, data: TrainingData) -> torch.Tensor:
+    """The 64 px training images as unit-scale latents of the autoencoder at ``path`` (computed once, CPU)."""
+    from .autoencoder import load_autoencoder
+    from .train_autoencoder import encode_all
+
+    return encode_all(load_autoencoder(path), data.images_float())
+
+
+def new_model(args: argparse.Namespace, latents: torch.Tensor | None = None) -> TinyDiT:
+    pixel = latents is None
+    channels, side = (3, 32) if pixel else (latents.shape[1], latents.shape[-1])
+    if side % args.patch:
+        raise ValueError(f"--patch {args.patch} does not divide the {side}x{side} training grid")
+    grid = {} if pixel else {"base_grid": side // args.patch}  # pixel: DiTConfig's 32 px grid, as before
+    config = DiTConfig(in_channels=channels, width=args.width, depth=args.depth, heads=args.heads,
+                       patch_size=args.patch, text_scale=args.text_scale, **grid)
     model = TinyDiT(config)
     if args.init:
         start = load_model(args.init)
@@ -183,9 +200,10 @@ def train(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     start = time.time()
     data = training_data(args)
-    dev = DeviceData(data, device, args.seed, args.tone_weight)
+    latents = encoded_latents(args.autoencoder, data) if args.autoencoder else None
+    dev = DeviceData(data, device, args.seed, args.tone_weight, latents)
     print(f"{len(data.images)} images, {len(data.embeddings)} prompt variants", flush=True)
-    model = new_model(args).to(device)
+    model = new_model(args, latents).to(device)
     ema = TinyDiT(model.config).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
@@ -298,6 +316,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--grow", action="store_true",
                     help="with --init and a larger --depth: insert new zero-gated blocks between the old ones "
                          "(the grown model starts as the same function)")
+    ap.add_argument("--autoencoder", default=None, metavar="FILE",
+                    help="train in the latent space of this autoencoder (models/train_autoencoder.py): every step "
+                         "uses the 64 px images' latents, so the 32/64 px plan only sets the step count; an "
+                         "ablation, the app runs pixel-space weights")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast (default: on for CUDA, off on the CPU; on a CPU with AVX512-BF16 or AMX it "

@@ -1,0 +1,90 @@
+"""The latent-space ablation: the small autoencoder, its trainer and models/train.py --autoencoder."""
+
+import json
+
+import pytest
+import torch
+from test_builtin_train import TINY, pack  # noqa: F401 - pack is a fixture
+
+from turbosample.models.autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder, save_autoencoder
+from turbosample.models.builtin import cached_model, load_model, read_metadata
+from turbosample.models.train import parse_args as train_args
+from turbosample.models.train import train
+from turbosample.models.train_autoencoder import parse_args, self_rank_rate
+from turbosample.models.train_autoencoder import train as train_ae
+from turbosample.models.train_data import load_pack
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SMALL_AE = ["--channels", "32", "--latent-channels", "4", "--downsample", "8"]
+
+
+def test_shapes_and_the_latent_scale():
+    model = Autoencoder(AutoencoderConfig(latent_channels=4, downsample=8, channels=32, latent_scale=2.0)).eval()
+    x = torch.rand(2, 3, 64, 32) * 2 - 1
+    z = model.encode(x)
+    assert z.shape == (2, 4, 8, 4)
+    torch.testing.assert_close(z * 2.0, model.encoder(x))
+    assert model.decode(z).shape == x.shape
+    with pytest.raises(ValueError, match="multiples of 8"):
+        model.encode(torch.zeros(1, 3, 60, 64))
+    with pytest.raises(ValueError, match="power of two"):
+        Autoencoder(downsample=6)
+
+
+def test_save_and_load_round_trip_and_foreign_files(tmp_path):
+    model = Autoencoder(AutoencoderConfig(latent_channels=4, downsample=4, channels=32, latent_scale=0.5))
+    path = tmp_path / "ae.safetensors"
+    save_autoencoder(model, path, {"note": "x"})
+    loaded = load_autoencoder(path)
+    assert loaded.config == model.config
+    x = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(loaded.decode(loaded.encode(x)), model.eval().decode(model.encode(x)))
+    with pytest.raises(FileNotFoundError):
+        load_autoencoder(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_autoencoder(tmp_path / "junk.safetensors")
+
+
+def test_self_rank_rate_counts_reconstructions_nearest_their_own_original():
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert self_rank_rate(images, images + 0.01) == 1.0
+    assert self_rank_rate(images, images.roll(1, dims=0)) == 0.0
+    swapped = images.clone()
+    swapped[0] = images[1]
+    assert self_rank_rate(images, swapped) == pytest.approx(0.8)
+
+
+def test_training_writes_an_autoencoder_with_its_record_and_a_fitted_scale(tmp_path, pack):  # noqa: F811
+    out = tmp_path / "ae.safetensors"
+    info = train_ae(parse_args(["--data-pack", str(pack), "--out", str(out), "--steps", "3", "--batch", "2",
+                                "--warmup", "1", *SMALL_AE]))
+    model = load_autoencoder(out)
+    record = json.loads(read_metadata(out)["turbosample.info"])
+    assert record["steps"] == 3 and record["images"] == 6 == info["images"]
+    assert 0 <= record["self_rank_top1"] <= 1 and record["psnr_db"] > 0
+    latents = model.encode(load_pack(pack).images_float())
+    assert latents.std().item() == pytest.approx(1.0, rel=1e-4)  # the scale is the training latents' std
+
+
+def test_the_dit_trains_on_latents_and_the_app_refuses_such_weights(tmp_path, pack, monkeypatch):  # noqa: F811
+    ae = tmp_path / "ae.safetensors"
+    save_autoencoder(Autoencoder(AutoencoderConfig(latent_channels=4, downsample=8, channels=32)), ae, {})
+    for patch, grid in ((1, 8), (2, 4)):
+        out = tmp_path / f"lat{patch}.safetensors"
+        train(train_args(["--data-pack", str(pack), "--out", str(out), "--autoencoder", str(ae), "--patch",
+                          str(patch), "--steps-low", "2", "--steps-mixed", "2", "--p-high", "1.0", "--batch", "2",
+                          "--batch-high", "2", "--warmup", "1", "--checkpoint-every", "0", *TINY]))
+        model = load_model(out)
+        assert (model.config.in_channels, model.config.patch_size, model.config.base_grid) == (4, patch, grid)
+        assert json.loads(read_metadata(out)["turbosample.info"])["args"]["autoencoder"] == str(ae)
+    with pytest.raises(ValueError, match="does not divide"):
+        train(train_args(["--data-pack", str(pack), "--out", str(tmp_path / "x.safetensors"), "--autoencoder",
+                          str(ae), "--patch", "3", "--steps-low", "1", "--steps-mixed", "0", *TINY]))
+    cached_model.cache_clear()
+    monkeypatch.setenv("TURBOSAMPLE_BUILTIN_WEIGHTS", str(tmp_path / "lat1.safetensors"))
+    try:
+        with pytest.raises(ValueError, match="latent-space"):
+            cached_model()
+    finally:
+        cached_model.cache_clear()
