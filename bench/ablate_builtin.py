@@ -21,38 +21,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_builtin import split_by_flag, top_rates
+from bench_builtin import draw_with_weights, split_by_flag, top_rates
 
-from turbosample.models.autoencoder import Autoencoder, load_autoencoder
-from turbosample.models.builtin import load_model, read_metadata
 from turbosample.models.train import parse_args as train_args
 from turbosample.models.train import train
 from turbosample.models.train_data import load_pack
-from turbosample.samplers.denoiser import DiffusionModel
-from turbosample.samplers.model_sampling import FlowSampling
-from turbosample.samplers.registry import SAMPLERS
-from turbosample.samplers.run import sample
-from turbosample.samplers.schedulers import compute_sigmas
-
-
-def latent_autoencoder(weights: Path) -> Autoencoder | None:
-    """The autoencoder that latent-space weights were trained with (``train.py --autoencoder``), else None."""
-    path = json.loads(read_metadata(weights).get("turbosample.info", "{}")).get("args", {}).get("autoencoder")
-    return load_autoencoder(path) if path else None
-
-
-@torch.no_grad()
-def draw(weights: Path, emb: torch.Tensor, size: int, cfg: float, seed: int) -> torch.Tensor:
-    """One image per embedding row (B, 3, size, size) in [-1, 1]; latent-space weights are decoded."""
-    net, ae = load_model(weights), latent_autoencoder(weights)
-    model = DiffusionModel(net, FlowSampling())
-    sigmas = compute_sigmas(model.model_sampling, "simple", 28)
-    null = [[torch.zeros(1, 1, emb.shape[1]), {}]]
-    side = size if ae is None else size // ae.config.downsample
-    out = torch.cat([sample(model, [[e[None, None].float(), {}]], null,
-                            torch.zeros(1, net.config.in_channels, side, side), SAMPLERS["euler"], sigmas, seed + k,
-                            cfg) for k, e in enumerate(emb)])
-    return (out if ae is None else ae.decode(out)).clamp(-1, 1)
 
 
 def ranks(images: torch.Tensor, generated: torch.Tensor, targets: torch.Tensor) -> list[int]:
@@ -92,7 +65,7 @@ def main() -> None:
         info = train(train_args(argv))
         minutes = round((time.time() - start) / 60, 2)
         for size in args.eval_sizes:
-            r = ranks(images, draw(weights, names, size, 4.0, 0), chosen)
+            r = ranks(images, draw_with_weights(weights, names, size, 4.0, 0), chosen)
             row = {"variant": name, "args": " ".join(argv[8:]), "train_minutes": minutes,
                    "final_loss": info["final_loss"], "images_seen": info["images_seen"], "eval_size": size,
                    **top_rates(r),

@@ -38,6 +38,26 @@ PARAPHRASES_MORE = {"crying": "crying face", "froggy": "frog face", "a robot hea
                     "piggy face": "pig face"}
 
 
+def time_outside_app(weights: Path, runs: int) -> dict:
+    """Median wall time of ``draw_with_weights`` at the app's defaults: prompt encoding, sampling, decoding."""
+    from turbosample.models.text import encode_prompts
+
+    settings = Settings()
+
+    def run(seed: int) -> None:
+        draw_with_weights(weights, encode_prompts([settings.prompt]), settings.width, settings.cfg, seed,
+                          settings.steps, settings.flow_shift)
+
+    run(0)  # warm-up: loads the text encoder
+    times = []
+    for i in range(runs):
+        start = time.perf_counter()
+        run(i)
+        times.append(time.perf_counter() - start)
+    return {"weights": str(weights), "outside_app": True, "runs": runs, "median_s": statistics.median(times),
+            "min_s": min(times), "max_s": max(times)}
+
+
 def time_default(runs: int) -> dict:
     settings = Settings()
     generate(settings)  # warm-up: loads the model and the text encoder
@@ -104,8 +124,49 @@ def split_by_flag(ranks: list[int], tone: list[bool]) -> dict:
     return out
 
 
+def latent_autoencoder(weights: Path):
+    """The autoencoder that latent-space weights were trained with (``models/train.py --autoencoder``), else None."""
+    from turbosample.models.autoencoder import load_autoencoder
+    from turbosample.models.builtin import read_metadata
+
+    path = json.loads(read_metadata(weights).get("turbosample.info", "{}")).get("args", {}).get("autoencoder")
+    return load_autoencoder(path) if path else None
+
+
+@torch.no_grad()
+def draw_with_weights(weights: Path, emb: torch.Tensor, size: int, cfg: float, seed: int, steps: int = 28,
+                      shift: float = 1.0) -> torch.Tensor:
+    """One image per prompt-embedding row (B, 3, size, size) in [-1, 1] from a weights file, outside the app, with
+    the app's defaults otherwise (Euler, simple schedule, seed + k for row k, the empty prompt as negative);
+    latent-space weights are sampled in their latent space and decoded by their autoencoder."""
+    from turbosample.models.builtin import load_model
+    from turbosample.samplers.denoiser import DiffusionModel
+    from turbosample.samplers.model_sampling import FlowSampling
+    from turbosample.samplers.registry import SAMPLERS
+    from turbosample.samplers.run import sample
+    from turbosample.samplers.schedulers import compute_sigmas
+
+    net, ae = load_model(weights), latent_autoencoder(weights)
+    model = DiffusionModel(net, FlowSampling(shift=shift))
+    sigmas = compute_sigmas(model.model_sampling, "simple", steps)
+    null = [[torch.zeros(1, 1, emb.shape[1]), {}]]
+    side = size if ae is None else size // ae.config.downsample
+    out = torch.cat([sample(model, [[e[None, None].float(), {}]], null,
+                            torch.zeros(1, net.config.in_channels, side, side), SAMPLERS["euler"], sigmas, seed + k,
+                            cfg) for k, e in enumerate(emb)])
+    return (out if ae is None else ae.decode(out)).clamp(-1, 1)
+
+
+WEIGHTS_OUTSIDE_APP: Path | None = None  # --weights: draw from this file with draw_with_weights, not the app
+
+
 def generate_batch(prompts: list[str], cfg: float, steps: int, size: int, seed: int, shift: float = 1.0
                    ) -> torch.Tensor:
+    if WEIGHTS_OUTSIDE_APP is not None:
+        from turbosample.models.text import encode_prompts
+
+        drawn = draw_with_weights(WEIGHTS_OUTSIDE_APP, encode_prompts(prompts), size, cfg, seed, steps, shift)
+        return ((drawn + 1) * 127.5).round().div(127.5).sub(1)  # the app's 8-bit images
     out = []
     for k, prompt in enumerate(prompts):
         img = generate(Settings(prompt=prompt, cfg=cfg, steps=steps, width=size, height=size, seed=seed + k,
@@ -269,16 +330,21 @@ def main() -> None:
                          "misses the model also makes by name")
     ap.add_argument("--prompt-ensemble", action="store_true",
                     help="encode every prompt as the mean of its four training phrasings (an inference-side test)")
+    ap.add_argument("--weights", default=None, metavar="FILE",
+                    help="draw (and time) these weights outside the app with the app's defaults, e.g. latent-space "
+                         "weights (models/train.py --autoencoder), which the app does not run")
     ap.add_argument("--out", default="bench/out/builtin.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global WEIGHTS_OUTSIDE_APP
+    WEIGHTS_OUTSIDE_APP = Path(args.weights) if args.weights else None
     if args.prompt_ensemble:
         from turbosample.models import text
         text.encode_prompts = ensembled_encoder(text.encode_prompts)
     images, prompts, _ = load_emoji(fetch_package(Path(args.data_cache)))
     result = {"threads": args.threads}
     if args.runs > 0:
-        result["timing"] = time_default(args.runs)
+        result["timing"] = time_outside_app(WEIGHTS_OUTSIDE_APP, args.runs) if args.weights else time_default(args.runs)
         print(json.dumps(result["timing"]), flush=True)
     if args.n > 0:
         result["fidelity"] = [row for seed in args.seed for row in

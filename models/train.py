@@ -251,7 +251,8 @@ def train(args: argparse.Namespace) -> dict:
             torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         seen += batch
         if i % args.log_every == 0 or i == total - 1:
-            entry = {"step": i, "size": 64 if high else 32, "loss": round(loss.item(), 4),
+            entry = {"step": i, "size": "latent" if latents is not None else 64 if high else 32,
+                     "loss": round(loss.item(), 4),
                      "minutes": round((time.time() - start) / 60, 2)}
             log.append(entry)
             print(json.dumps(entry), flush=True)

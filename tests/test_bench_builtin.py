@@ -120,3 +120,35 @@ def test_the_prompt_ensemble_averages_the_training_phrasings_and_keeps_the_null_
     out = bench_builtin.ensembled_encoder(encode)(["kitty", ""])
     torch.testing.assert_close(out[0], torch.full((4,), 0.5))  # mean of four orthogonal units, renormalised
     assert out[1].abs().max() == 0
+
+
+def test_drawing_outside_the_app_matches_the_app_for_pixel_weights(monkeypatch):
+    """``--weights`` draws what the app draws for the same weights, prompt, seed and settings, so latent-space
+    weights scored that way meet the app's benchmark on equal terms."""
+    from turbosample.models.builtin import WEIGHTS
+
+    prompts = ["red apple", "cat face"]
+    app = bench_builtin.generate_batch(prompts, 4.0, 4, 32, 5)
+    monkeypatch.setattr(bench_builtin, "WEIGHTS_OUTSIDE_APP", WEIGHTS)
+    outside = bench_builtin.generate_batch(prompts, 4.0, 4, 32, 5)
+    assert outside.shape == app.shape == (2, 3, 32, 32)
+    assert (outside - app).abs().max() <= 1.5 / 127.5  # the same image up to 8-bit rounding
+    assert (outside[0] - outside[1]).abs().mean() > 0.05  # and the prompts are not ignored
+
+
+def test_latent_weights_are_drawn_in_their_latent_space_and_decoded(tmp_path):
+    from turbosample.models.autoencoder import Autoencoder, save_autoencoder
+    from turbosample.models.builtin import save_weights
+    from turbosample.models.dit import DiTConfig, TinyDiT
+
+    ae_path, dit_path = tmp_path / "ae.safetensors", tmp_path / "dit.safetensors"
+    ae = Autoencoder(latent_channels=4, downsample=8, channels=32)
+    save_autoencoder(ae, ae_path, {})
+    net = TinyDiT(DiTConfig(in_channels=4, patch_size=2, base_grid=4, width=32, depth=1, heads=2))
+    save_weights(net, dit_path, {"args": {"autoencoder": str(ae_path)}})
+    emb = torch.nn.functional.normalize(torch.randn(2, 384, generator=torch.Generator().manual_seed(0)), dim=-1)
+    drawn = bench_builtin.draw_with_weights(dit_path, emb, 64, 4.0, 3, steps=2)
+    assert drawn.shape == (2, 3, 64, 64)
+    # a fresh DiT predicts zero velocity, so the sample is the starting noise: its decoding is what we must see
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(drawn[0], ae.eval().decode(noise)[0].clamp(-1, 1), rtol=1e-4, atol=1e-4)
