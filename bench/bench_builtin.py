@@ -147,6 +147,9 @@ def draw_with_weights(weights: Path, emb: torch.Tensor, size: int, cfg: float, s
     from turbosample.samplers.schedulers import compute_sigmas
 
     net, ae = load_model(weights), latent_autoencoder(weights)
+    if (ae is None) != (net.config.in_channels == 3):
+        raise ValueError(f"{weights}: {net.config.in_channels}-channel weights "
+                         f"{'without' if ae is None else 'with'} an autoencoder in their training record")
     model = DiffusionModel(net, FlowSampling(shift=shift))
     sigmas = compute_sigmas(model.model_sampling, "simple", steps)
     null = [[torch.zeros(1, 1, emb.shape[1]), {}]]

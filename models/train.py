@@ -257,7 +257,7 @@ def train(args: argparse.Namespace) -> dict:
             log.append(entry)
             print(json.dumps(entry), flush=True)
         if args.checkpoint_every and i and i % args.checkpoint_every == 0:
-            save_weights(ema, Path(args.out).with_suffix(".partial.safetensors"), {"steps_done": i},
+            save_weights(ema, Path(args.out).with_suffix(".partial.safetensors"), {"steps_done": i, "args": vars(args)},
                          dtype=args.save_dtype)
     sync()
     minutes = (time.time() - start) / 60
