@@ -125,12 +125,16 @@ def split_by_flag(ranks: list[int], tone: list[bool]) -> dict:
 
 
 def latent_autoencoder(weights: Path):
-    """The autoencoder that latent-space weights were trained with (``models/train.py --autoencoder``), else None."""
+    """The autoencoder that latent-space weights were trained with (``models/train.py --autoencoder``), else None:
+    the recorded path, or a file of that name beside the weights."""
     from turbosample.models.autoencoder import load_autoencoder
     from turbosample.models.builtin import read_metadata
 
     path = json.loads(read_metadata(weights).get("turbosample.info", "{}")).get("args", {}).get("autoencoder")
-    return load_autoencoder(path) if path else None
+    if not path:
+        return None
+    beside = weights.parent / Path(path).name  # weights moved with their autoencoder next to them
+    return load_autoencoder(path if Path(path).exists() or not beside.exists() else beside)
 
 
 @torch.no_grad()

@@ -153,6 +153,12 @@ def test_latent_weights_are_drawn_in_their_latent_space_and_decoded(tmp_path):
     # a fresh DiT predicts zero velocity, so the sample is the starting noise: its decoding is what we must see
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(drawn[0], ae.eval().decode(noise)[0].clamp(-1, 1), rtol=1e-4, atol=1e-4)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    save_weights(net, moved / "dit.safetensors", {"args": {"autoencoder": "/elsewhere/ae.safetensors"}})
+    save_autoencoder(ae, moved / "ae.safetensors", {})  # carried beside the weights
+    torch.testing.assert_close(bench_builtin.draw_with_weights(moved / "dit.safetensors", emb, 64, 4.0, 3, steps=2),
+                               drawn)
     save_weights(net, dit_path, {})  # latent weights whose record lost the autoencoder
     with pytest.raises(ValueError, match="4-channel weights without an autoencoder"):
         bench_builtin.draw_with_weights(dit_path, emb, 64, 4.0, 3, steps=2)
