@@ -89,3 +89,4 @@ def test_the_dit_trains_on_latents_and_the_app_refuses_such_weights(tmp_path, pa
             cached_model()
     finally:
         cached_model.cache_clear()
+

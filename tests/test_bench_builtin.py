@@ -1,5 +1,6 @@
 """bench/bench_builtin.py helpers: text-only paraphrase ranks, pooling seeds, the skin-tone split."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -162,3 +163,17 @@ def test_latent_weights_are_drawn_in_their_latent_space_and_decoded(tmp_path):
     save_weights(net, dit_path, {})  # latent weights whose record lost the autoencoder
     with pytest.raises(ValueError, match="4-channel weights without an autoencoder"):
         bench_builtin.draw_with_weights(dit_path, emb, 64, 4.0, 3, steps=2)
+
+
+def test_the_committed_latent_candidate_is_consistent_and_small():
+    """models/candidates: the latent-space weights to ship next (bench/RESULTS.md) and their autoencoder."""
+    from turbosample.models.builtin import load_model, read_metadata
+
+    folder = Path(__file__).parent.parent / "models" / "candidates"
+    dit = folder / "latent_w192d10.safetensors"
+    ae = bench_builtin.latent_autoencoder(dit)  # found beside the weights wherever the record says it was trained
+    net = load_model(dit)
+    assert net.config.in_channels == ae.config.latent_channels == 8 and net.config.patch_size == 2
+    assert dit.stat().st_size <= 16 * 2**20
+    record = json.loads(read_metadata(dit)["turbosample.info"])
+    assert record["args"]["autoencoder"].endswith("ae_f8c8.safetensors") and record["init"]["steps"] == 11564
