@@ -5,7 +5,8 @@ condition for CFG, the unit-length prompt embedding scaled to unit-size componen
 from weights of another scale folds the ratio into the first text layer), AdamW with warm-up and cosine decay, EMA
 weights saved (float16 by default, the training record in the metadata); ``--grow`` deepens ``--init`` weights
 with new zero-gated blocks, so a fine-tune can add capacity without changing where it starts. Phase 1 trains at
-32x32 only; phase 2 mixes in 64x64 batches so both resolutions are learned.
+32x32 only; phase 2 mixes in 64x64 batches so both resolutions are learned. ``--autoencoder`` trains on the 8x8
+latents of the 64 px images instead (``models/train_autoencoder.py``; the latent recipe of bench/RESULTS.md).
 
 On a GPU the whole data set lives on the device and every random draw (images, prompt variants, CFG drop, s,
 noise) comes from one seeded generator on the device; the 32/64 px plan of all steps is drawn up front, the model
