@@ -84,6 +84,18 @@ class Autoencoder(nn.Module):
         return self.decoder(latents * self.config.latent_scale)
 
 
+@torch.no_grad()
+def encode_all(model: Autoencoder, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """``model.encode`` over a large set, in batches."""
+    return torch.cat([model.encode(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def decode_all(model: Autoencoder, latents: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """``model.decode`` over a large set, in batches, clamped to [-1, 1]."""
+    return torch.cat([model.decode(latents[i:i + batch]) for i in range(0, len(latents), batch)]).clamp(-1, 1)
+
+
 def save_autoencoder(model: Autoencoder, path: Path, info: dict) -> None:
     from safetensors.torch import save_file
 

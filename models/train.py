@@ -159,8 +159,7 @@ def grow_depth(state: dict[str, torch.Tensor], model: TinyDiT, old_depth: int) -
 
 def encoded_latents(path: str, data: TrainingData) -> torch.Tensor:
     """The 64 px training images as unit-scale latents of the autoencoder at ``path`` (computed once, CPU)."""
-    from .autoencoder import load_autoencoder
-    from .train_autoencoder import encode_all
+    from .autoencoder import encode_all, load_autoencoder
 
     return encode_all(load_autoencoder(path), data.images_float())
 

@@ -19,19 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .autoencoder import Autoencoder, AutoencoderConfig, save_autoencoder
+from .autoencoder import Autoencoder, AutoencoderConfig, decode_all, encode_all, save_autoencoder
 from .train import lr_at
 from .train_data import load_pack
-
-
-@torch.no_grad()
-def encode_all(model: Autoencoder, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([model.encode(images[i:i + batch]) for i in range(0, len(images), batch)])
-
-
-@torch.no_grad()
-def decode_all(model: Autoencoder, latents: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([model.decode(latents[i:i + batch]) for i in range(0, len(latents), batch)]).clamp(-1, 1)
 
 
 @torch.no_grad()
