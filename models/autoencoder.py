@@ -110,17 +110,14 @@ def save_autoencoder(model: Autoencoder, path: Path, info: dict) -> None:
 
 def load_autoencoder(path: str | Path) -> Autoencoder:
     """An autoencoder in eval mode; ValueError for a file that is not one."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
+
+    from .builtin import read_metadata
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"autoencoder weights not found at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+    meta = read_metadata(path)
     if meta.get("turbosample.model_id") != AE_ID:
         raise ValueError(f"{path} is not a {AE_ID} checkpoint (model id: {meta.get('turbosample.model_id')!r})")
     model = Autoencoder(AutoencoderConfig(**json.loads(meta["turbosample.config"])))
