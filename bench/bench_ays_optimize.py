@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-from builtin_runs import PROMPTS, conditions, to_image
+from builtin_runs import PROMPTS, conditions, empty, to_image
 from metrics import score
 
 from turbosample.nodes.builtin_nodes import load_builtin_model
@@ -25,7 +24,7 @@ from turbosample.samplers.schedulers import compute_sigmas
 
 def images(model, sampler: str, sigmas_for, conds, size: int, cfg: float) -> list:
     info = get_sampler(sampler)
-    return [to_image(sample(model, pos, neg, torch.zeros(1, 3, size, size), info, sigmas_for(k), seed=seed, cfg=cfg))
+    return [to_image(sample(model, pos, neg, empty(size), info, sigmas_for(k), seed=seed, cfg=cfg))
             for k, (pos, neg, seed) in enumerate(conds)]
 
 
@@ -56,7 +55,7 @@ def main() -> None:
     print("| --- | --- | " + " | ".join("---" for _ in args.samplers) + " |")
     for steps in args.steps:
         start = time.perf_counter()
-        opt = [ays_for_model(model, pos, neg, args.cfg, steps, (args.batch, 3, args.size, args.size), seed=100 + k,
+        opt = [ays_for_model(model, pos, neg, args.cfg, steps, tuple(empty(args.size, args.batch).shape), seed=100 + k,
                              mc_points=args.mc_points, sigma_min=args.sigma_min, sigma_max=args.sigma_max)
                for k, (pos, neg, _seed) in enumerate(conds)]
         opt_seconds = (time.perf_counter() - start) / len(conds)

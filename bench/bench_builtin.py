@@ -124,44 +124,26 @@ def split_by_flag(ranks: list[int], tone: list[bool]) -> dict:
     return out
 
 
-def latent_autoencoder(weights: Path):
-    """The autoencoder that latent-space weights were trained with (``models/train.py --autoencoder``), else None:
-    the recorded path, or a file of that name beside the weights."""
-    from turbosample.models.autoencoder import load_autoencoder
-    from turbosample.models.builtin import read_metadata
-
-    path = json.loads(read_metadata(weights).get("turbosample.info", "{}")).get("args", {}).get("autoencoder")
-    if not path:
-        return None
-    beside = weights.parent / Path(path).name  # weights moved with their autoencoder next to them
-    return load_autoencoder(path if Path(path).exists() or not beside.exists() else beside)
-
-
 @torch.no_grad()
 def draw_with_weights(weights: Path, emb: torch.Tensor, size: int, cfg: float, seed: int, steps: int = 28,
                       shift: float = 1.0) -> torch.Tensor:
     """One image per prompt-embedding row (B, 3, size, size) in [-1, 1] from a weights file, outside the app, with
     the app's defaults otherwise (Euler, simple schedule, seed + k for row k, the empty prompt as negative);
-    latent-space weights are sampled in their latent space and decoded by their autoencoder."""
-    from turbosample.models.builtin import load_model
+    latent-space weights are sampled in their latent space and decoded by their autoencoder (beside them)."""
+    from turbosample.models.builtin import latent_space, load_model, to_pixels
     from turbosample.samplers.denoiser import DiffusionModel
     from turbosample.samplers.model_sampling import FlowSampling
     from turbosample.samplers.registry import SAMPLERS
     from turbosample.samplers.run import sample
     from turbosample.samplers.schedulers import compute_sigmas
 
-    net, ae = load_model(weights), latent_autoencoder(weights)
-    if (ae is None) != (net.config.in_channels == 3):
-        raise ValueError(f"{weights}: {net.config.in_channels}-channel weights "
-                         f"{'without' if ae is None else 'with'} an autoencoder in their training record")
+    space, net = latent_space(weights), load_model(weights)
     model = DiffusionModel(net, FlowSampling(shift=shift))
     sigmas = compute_sigmas(model.model_sampling, "simple", steps)
     null = [[torch.zeros(1, 1, emb.shape[1]), {}]]
-    side = size if ae is None else size // ae.config.downsample
-    out = torch.cat([sample(model, [[e[None, None].float(), {}]], null,
-                            torch.zeros(1, net.config.in_channels, side, side), SAMPLERS["euler"], sigmas, seed + k,
-                            cfg) for k, e in enumerate(emb)])
-    return (out if ae is None else ae.decode(out)).clamp(-1, 1)
+    out = torch.cat([sample(model, [[e[None, None].float(), {}]], null, torch.zeros(space.latent_shape(1, size, size)),
+                            SAMPLERS["euler"], sigmas, seed + k, cfg) for k, e in enumerate(emb)])
+    return to_pixels(out, weights)
 
 
 WEIGHTS_OUTSIDE_APP: Path | None = None  # --weights: draw from this file with draw_with_weights, not the app

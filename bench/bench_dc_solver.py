@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import torch
-from builtin_runs import PROMPTS, conditions, generate
+from builtin_runs import PROMPTS, conditions, empty, generate
 from metrics import peak_signal_noise_ratio
 
 from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
@@ -57,7 +57,7 @@ def main() -> None:
 
     def calibrated(nfe: int, cfg: float) -> tuple[list[float], float]:
         start = time.perf_counter()
-        record = calibrate_for_model(model, positive, negative, cfg, nfe, (1, 3, args.size, args.size),
+        record = calibrate_for_model(model, positive, negative, cfg, nfe, tuple(empty(args.size).shape),
                                      samples=args.samples, seed=args.calib_seed, scheduler="simple",
                                      **({"bounds": tuple(args.bounds)} if args.bounds else {}))
         return record["ratios"], time.perf_counter() - start

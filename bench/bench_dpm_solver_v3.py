@@ -15,8 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-from builtin_runs import PROMPTS, conditions, to_image
+from builtin_runs import PROMPTS, conditions, empty, to_image
 from metrics import score
 
 from turbosample.nodes.builtin_nodes import load_builtin_model
@@ -29,7 +28,7 @@ from turbosample.samplers.schedulers import compute_sigmas
 
 
 def images(model, info_for, sigmas, conds, size: int, cfg: float) -> list:
-    return [to_image(sample(model, pos, neg, torch.zeros(1, 3, size, size), info_for(k), sigmas, seed=seed, cfg=cfg))
+    return [to_image(sample(model, pos, neg, empty(size), info_for(k), sigmas, seed=seed, cfg=cfg))
             for k, (pos, neg, seed) in enumerate(conds)]
 
 
@@ -57,7 +56,7 @@ def main() -> None:
                   args.size, args.cfg)
     (pos, neg, _), start = conditions([args.ems_prompt])[0], time.perf_counter()
     denoiser = cfg_denoiser(model, pos, neg, args.cfg, {"sample_sigmas": None, "run_state": {}})
-    noise = seeded_noise(100, (args.batch, 3, args.size, args.size))
+    noise = seeded_noise(100, tuple(empty(args.size, args.batch).shape))
     ems = estimate_ems(denoiser, ms, noise, seed=100, grid_points=args.grid_points, reduce=args.reduce)
     ems_seconds = time.perf_counter() - start
     v3 = get_sampler("dpm_solver_v3")

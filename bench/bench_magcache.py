@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import torch
-from builtin_runs import to_image
+from builtin_runs import empty, to_image
 from metrics import score
 
 from turbosample.accel.magcache import magcache_model
@@ -59,7 +59,7 @@ def main() -> None:
     (model,) = load_builtin_model(1.0)
     sigmas = compute_sigmas(model.model_sampling, "simple", args.steps, 1.0)
     euler = get_sampler("euler")
-    latent = torch.zeros(1, 3, args.size, args.size)
+    latent = empty(args.size)
     neg = encode_text("")[0]
     if args.steps == 28:
         cal = load_calibration(BUILTIN_CALIBRATION)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from builtin_runs import PROMPTS, conditions, generate
+from builtin_runs import PROMPTS, conditions, empty, generate
 from metrics import score
 from timing import alternating_medians
 
@@ -70,7 +70,7 @@ def main() -> None:
     else:
         sigmas = compute_sigmas(model.model_sampling, "simple", args.steps)
         cal = calibrate(model, encode_text("smiling face")[0], encode_text("")[0],
-                        torch.zeros(1, 3, args.size, args.size), EULER, sigmas, 0, args.cfg)
+                        empty(args.size), EULER, sigmas, 0, args.cfg)
     template, curve_for = run_settings(cal, args.threshold, args.max_skip_steps, args.retention_ratio)
 
     def mag(m):

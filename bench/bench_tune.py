@@ -33,7 +33,7 @@ import torch
 from builtin_runs import PROMPTS
 from metrics import paired_scores
 
-from turbosample.nodes.autotune import pixel_image, report_json, run_tune, tune_problem
+from turbosample.nodes.autotune import builtin_image, report_json, run_tune, tune_problem
 from turbosample.nodes.txt2img import Settings
 from turbosample.tune.report import pareto_plot
 from turbosample.tune.search import Budget, Target, nearest_curve
@@ -61,7 +61,7 @@ class HeldOut:
         self.refs = self.images(self.reference)
 
     def images(self, c: Candidate) -> list:
-        return [pixel_image(b.run(c, seed)) for b, seed in self.cases]
+        return [builtin_image(b.run(c, seed)) for b, seed in self.cases]
 
     def seconds(self, c: Candidate) -> float:
         start = time.perf_counter()

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from turbosample.nodes.builtin_nodes import encode_text
+from turbosample.nodes.builtin_nodes import empty_latent, encode_text, latent_to_image
 from turbosample.samplers.registry import SamplerInfo
 from turbosample.samplers.run import sample
 from turbosample.samplers.schedulers import compute_sigmas
@@ -24,17 +24,21 @@ def conditions(prompts: list[str], seeds: list[int] | None = None) -> list[tuple
     return [(encode_text(p)[0], neg, s) for p in prompts for s in seeds]
 
 
+def empty(size: int, batch: int = 1) -> torch.Tensor:
+    """The built-in model's empty latent for square ``size`` px images."""
+    return empty_latent(size, size, batch)[0]["samples"]
+
+
 def to_image(latent: torch.Tensor) -> np.ndarray:
-    """First image of a pixel-space latent batch -> (H, W, 3) in [0, 1]."""
-    return ((latent[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
+    """First image of a built-in latent batch, decoded -> (H, W, 3) in [0, 1]."""
+    return latent_to_image(latent[:1])[0].numpy()
 
 
 def generate(model, info: SamplerInfo, steps: int, conds: list[tuple], size: int, cfg: float,
              scheduler: str = "simple") -> tuple[list[np.ndarray], float]:
-    """Images for every condition and the mean wall seconds per image."""
+    """Images for every condition and the mean wall seconds per image (sampling and decoding)."""
     sigmas = compute_sigmas(model.model_sampling, scheduler, steps)
     start = time.perf_counter()
-    outs = [sample(model, pos, neg, torch.zeros(1, 3, size, size), info, sigmas, seed=seed, cfg=cfg)
-            for pos, neg, seed in conds]
-    seconds = (time.perf_counter() - start) / len(conds)
-    return [to_image(o) for o in outs], seconds
+    images = [to_image(sample(model, pos, neg, empty(size), info, sigmas, seed=seed, cfg=cfg))
+              for pos, neg, seed in conds]
+    return images, (time.perf_counter() - start) / len(conds)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from turbosample.models.builtin import latent_space
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FAMILIES = ("builtin", "sd3", "flux", "wan")
 
@@ -37,7 +39,7 @@ class Spec:
     def image_tokens(self) -> int:
         if self.name == "wan":
             return self.latent[2] * (self.latent[3] // 2) * (self.latent[4] // 2)
-        p = 4 if self.name == "builtin" else 2
+        p = latent_space().patch if self.name == "builtin" else 2
         return (self.latent[-2] // p) * (self.latent[-1] // p)
 
 
@@ -45,7 +47,8 @@ def spec(name: str, tiny: bool, wan_frames: int = 33) -> Spec:
     """Production shapes (Flux-dev / SD3-medium at 1024x1024, Wan2.1-1.3B at 480x832) or tiny ones."""
     if name == "builtin":
         side = 32 if tiny else 64
-        return Spec("builtin", None, {}, (1, 3, side, side), 1, 384, None, 4.0, None, 1.0, None)
+        return Spec("builtin", None, {}, latent_space().latent_shape(1, side, side), 1, 384, None, 4.0, None, 1.0,
+                    None)
     if name == "flux":
         cfg = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,

@@ -1,4 +1,4 @@
-"""A small convolutional autoencoder for the built-in model's images (the latent-space recipe's ablation).
+"""The small convolutional autoencoder whose latents the built-in model samples (``models/ae_f8c8.safetensors``).
 
 ``encode`` maps (B, 3, H, W) images in [-1, 1] to (B, C, H/f, W/f) latents scaled to unit standard deviation over
 the training set (``latent_scale``, measured after training, as latent diffusion models do); ``decode`` maps them
@@ -96,6 +96,19 @@ def decode_all(model: Autoencoder, latents: torch.Tensor, batch: int = 256) -> t
     return torch.cat([model.decode(latents[i:i + batch]) for i in range(0, len(latents), batch)]).clamp(-1, 1)
 
 
+@torch.no_grad()
+def rgb_factors(model: Autoencoder, samples: int = 64, side: int = 8, seed: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear latent-cell -> RGB map for cheap step previews (ComfyUI's ``latent_rgb_factors`` (C, 3) and bias
+    (3,)): the least-squares fit of the mean colour each cell decodes to, over seeded unit-normal latents."""
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn(samples, model.config.latent_channels, side, side, generator=gen)
+    cells = nn.functional.avg_pool2d(model.decode(latents).clamp(-1, 1), model.config.downsample)
+    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    solution = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1)], 1), cells.permute(0, 2, 3, 1).reshape(-1, 3))
+    return solution.solution[:-1], solution.solution[-1]
+
+
 def save_autoencoder(model: Autoencoder, path: Path, info: dict) -> None:
     from safetensors.torch import save_file
 
@@ -112,7 +125,7 @@ def load_autoencoder(path: str | Path) -> Autoencoder:
     """An autoencoder in eval mode; ValueError for a file that is not one."""
     from safetensors.torch import load_file
 
-    from .builtin import read_metadata
+    from .metadata import read_metadata
 
     path = Path(path)
     if not path.exists():

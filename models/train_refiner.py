@@ -13,7 +13,7 @@ come from Euler trajectories of the built-in model with CFG (scale ~ U[cfg-min, 
 toward sigma = 0, x' = x_t + dt v_t, target = the guided velocity at (x', sigma - dt);
 loss = MSE(v_t + refiner(x', sigma - dt, v_t), target). Small dt covers the R block's first call (the passed
 velocity is at the same sigma), larger dt its second call and the step after.
-Sized for one CPU thread (defaults: about 10 minutes); ``--device cuda`` for a GPU.
+Sized for one CPU thread (defaults: about 4 minutes on the built-in model); ``--device cuda`` for a GPU.
 
 Other flow models: ``--diffusers DIR`` distils from a diffusers SD3 / Flux transformer saved in DIR
 (``save_pretrained`` layout, loaded offline) through ``accel.diffusers_adapters.DiffusersDiT``. Those models
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ..samplers.denoiser import DiffusionModel, cfg_denoiser
 from ..samplers.model_sampling import FlowSampling
-from .builtin import MODEL_ID, cached_model
+from .builtin import DEFAULT_SIZE, MODEL_ID, cached_model, latent_space
 from .emoji_data import fetch_package
 from .refiner import RefinerConfig, VelocityRefiner, save_refiner
 from .text import encode_prompts
@@ -106,9 +106,12 @@ def builtin_teacher(args: argparse.Namespace, device: torch.device) -> Teacher:
         idx = torch.randint(0, emb.shape[0], (b,), generator=gen)
         return [[emb[idx][:, None, :].to(device), {}]], null
 
-    config = RefinerConfig(width=args.width or net.config.width, heads=net.config.heads,
+    channels = net.config.in_channels
+    config = RefinerConfig(channels=channels, width=args.width or net.config.width, heads=net.config.heads,
                            patch_size=net.config.patch_size, base_grid=net.config.base_grid)
-    return Teacher(model, 3, config, conditions)
+    if args.size is None:  # the latent side of a default-size image
+        args.size = latent_space(args.base).latent_shape(1, DEFAULT_SIZE, DEFAULT_SIZE)[-1]
+    return Teacher(model, channels, config, conditions)
 
 
 def load_diffusers_transformer(folder: Path) -> torch.nn.Module:
@@ -131,6 +134,8 @@ def diffusers_teacher(args: argparse.Namespace, device: torch.device) -> Teacher
 
     from ..accel.diffusers_adapters import DiffusersDiT
 
+    if args.size is None:
+        raise ValueError("--diffusers needs --size: the latent side to distil at (image side / the VAE's factor)")
     if not args.context:
         raise ValueError("--diffusers needs --context: a safetensors file of prompt embeddings "
                          "(encoder_hidden_states, pooled_projections), since this command runs no text encoder")
@@ -228,7 +233,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--width", type=int, default=None, help="refiner width (default: the base model's)")
     ap.add_argument("--data-cache", default=str(Path.home() / ".cache" / "turbosample" / "emoji"))
     ap.add_argument("--prompts", type=int, default=400, help="emoji names drawn for the trajectories")
-    ap.add_argument("--batches", type=int, default=24, help="trajectory batches")
+    ap.add_argument("--batches", type=int, default=200, help="trajectory batches")
     ap.add_argument("--traj-batch", type=int, default=8)
     ap.add_argument("--min-steps", type=int, default=6)
     ap.add_argument("--max-steps", type=int, default=12)
@@ -236,8 +241,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--min-sigma", type=float, default=0.02, help="no pair below this sigma")
     ap.add_argument("--cfg-min", type=float, default=1.0)
     ap.add_argument("--cfg-max", type=float, default=7.0)
-    ap.add_argument("--size", type=int, default=64, help="latent side (the built-in model's latent is its image)")
-    ap.add_argument("--steps", type=int, default=1000, help="optimiser steps")
+    ap.add_argument("--size", type=int, default=None,
+                    help="latent side (default: the built-in model's at 64 px; required with --diffusers)")
+    ap.add_argument("--steps", type=int, default=4000, help="optimiser steps")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)

@@ -17,7 +17,7 @@ from ..tune.search import Budget, Target, TuneResult, tune
 from ..tune.space import BOTTLENECK_STEP_BUDGET, Candidate, SearchSpace
 from ..tune.standalone import TuneProblem
 from .app_graph import to_api_prompt, to_ui_workflow
-from .autotune_model import builtin_calibration, pixel_image  # noqa: F401  (re-exported)
+from .autotune_model import builtin_calibration, builtin_image  # noqa: F401  (re-exported)
 from .model_folders import BUILTIN
 from .txt2img import Settings
 from .workflow import WorkflowError
@@ -61,7 +61,7 @@ def tune_problem(settings: Settings, options=None, seed_prompts: dict[int, str] 
     check_tunable(settings)
     if settings.model != BUILTIN:
         return folder_problem(settings, options, seed_prompts)
-    from .builtin_nodes import check_latent_size, encode_text, load_builtin_model
+    from .builtin_nodes import builtin_space, check_latent_size, encode_text, load_builtin_model
 
     check_latent_size(settings.width, settings.height)
     (model,) = load_builtin_model(settings.flow_shift)
@@ -70,9 +70,9 @@ def tune_problem(settings: Settings, options=None, seed_prompts: dict[int, str] 
     calibration, _why = builtin_calibration(model)
     negative = encode_text(settings.negative_prompt)[0]
     per_seed = {seed: (encode_text(prompt)[0], negative) for seed, prompt in (seed_prompts or {}).items()}
-    return TuneProblem(model, encode_text(settings.prompt)[0], negative,
-                       (1, 3, settings.height, settings.width), settings.cfg, settings.sampler, settings.steps,
-                       settings.scheduler, to_image=pixel_image, magcache_calibration=calibration,
+    shape = builtin_space().latent_shape(1, settings.height, settings.width)
+    return TuneProblem(model, encode_text(settings.prompt)[0], negative, shape, settings.cfg, settings.sampler,
+                       settings.steps, settings.scheduler, to_image=builtin_image, magcache_calibration=calibration,
                        per_seed=per_seed)
 
 

@@ -1,5 +1,5 @@
 """What the AutoTune node needs of the built-in model without the app's settings graph: the shipped MagCache
-calibration when it fits the weights, and the pixel latent as an image (``nodes.autotune`` adds the settings)."""
+calibration when it fits the weights, and the latent as an image (``nodes.autotune`` adds the settings)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def builtin_calibration(model) -> tuple[object | None, str]:
     return cal, ""
 
 
-def pixel_image(latent):
-    """The built-in model's pixel latent (first image) as an (H, W, 3) array in [0, 1]."""
+def builtin_image(latent):
+    """The built-in model's latent (first image), decoded, as an (H, W, 3) array in [0, 1]."""
     from .builtin_nodes import latent_to_image
 
     return latent_to_image(latent[:1])[0].numpy()

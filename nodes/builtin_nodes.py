@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.builtin import DEFAULT_SIZE
+from ..models.builtin import DEFAULT_SIZE, MAX_SIZE
 from ..samplers.denoiser import DiffusionModel, model_sampling_of
 from ..samplers.model_sampling import FlowSampling
 from ..samplers.registry import SAMPLERS, get_sampler
@@ -12,8 +12,8 @@ from ..samplers.schedulers import SCHEDULERS, compute_sigmas
 from . import categories, comfy_impl
 from .spec import NodeInputError, NodeSpec, Output, Param
 
-PATCH = 4
-MAX_SIZE = 256
+SIZE_STEP = 16  # one token of the shipped weights (8 px latent cells, patch 2); pixel weights take multiples of 4
+MIN_SIZE = 32
 
 
 def load_builtin_model(flow_shift: float, device: str = "cpu", dtype: str = "fp32", offload: bool = False) -> tuple:
@@ -38,16 +38,30 @@ def encode_text(text: str) -> tuple:
     return ([[encode_prompts([text])[:, None, :], {}]],)
 
 
+def builtin_space():
+    """The built-in weights' latent space; a NodeInputError when their files are missing or disagree."""
+    from ..models.builtin import latent_space
+
+    try:
+        return latent_space()
+    except (OSError, ValueError) as exc:
+        raise NodeInputError(f"the built-in model cannot load: {exc}") from None
+
+
 def check_latent_size(width: int, height: int) -> None:
+    space = builtin_space()
+    step, low = space.pixel_multiple, max(MIN_SIZE, 2 * space.pixel_multiple)
     for name, v in (("width", width), ("height", height)):
-        if v % PATCH or not PATCH * 4 <= v <= MAX_SIZE:
-            raise NodeInputError(f"{name}={v}: the built-in model takes sizes that are multiples of {PATCH} "
-                                 f"from {PATCH * 4} to {MAX_SIZE} pixels (trained at 32 and 64)")
+        if v % step or not low <= v <= MAX_SIZE:
+            trained = " and ".join(str(t) for t in space.trained_sizes)
+            raise NodeInputError(f"{name}={v}: the built-in model takes sizes that are multiples of {step} "
+                                 f"from {low} to {MAX_SIZE} pixels (trained at {trained})")
 
 
 def empty_latent(width: int, height: int, batch_size: int) -> tuple:
+    """Zeros in the built-in model's latent space: (B, 8, H/8, W/8) for the shipped weights."""
     check_latent_size(width, height)
-    return ({"samples": torch.zeros(batch_size, 3, height, width)},)
+    return ({"samples": torch.zeros(builtin_space().latent_shape(batch_size, height, width))},)
 
 
 def select_sampler(sampler_name: str) -> tuple:
@@ -70,14 +84,18 @@ def sample(model, positive, negative, sampler, sigmas, latent_image, seed: int, 
 
 
 def latent_to_image(samples: torch.Tensor) -> torch.Tensor:
-    """Pixel-space latent in [-1, 1] (B, 3, H, W) -> ComfyUI IMAGE (B, H, W, 3) in [0, 1]."""
-    return ((samples.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+    """The built-in model's latent (B, C, h, w) -> ComfyUI IMAGE (B, H, W, 3) in [0, 1] (through its autoencoder
+    for latent-space weights)."""
+    from ..models.builtin import to_pixels
+
+    return ((to_pixels(samples) + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1)
 
 
 def decode(samples: dict) -> tuple:
     x = samples["samples"]
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise NodeInputError(f"TurboSample Decode takes the built-in model's 3-channel pixel latents, got shape "
+    channels = builtin_space().channels
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise NodeInputError(f"TurboSample Decode takes the built-in model's {channels}-channel latents, got shape "
                              f"{tuple(x.shape)}; use VAE Decode for other models")
     if not torch.isfinite(x).all():
         raise NodeInputError("the latent to decode contains NaN or infinite values")
@@ -97,9 +115,9 @@ NODES: tuple[NodeSpec, ...] = (
              (Param("text", "STRING", "", multiline=True, tooltip="Prompt, e.g. an emoji name."),),
              (Output("CONDITIONING", "CONDITIONING"),), encode_text),
     NodeSpec("TurboSampleEmptyLatent", "TurboSample Empty Latent", categories.BUILTIN_MODEL,
-             "An empty pixel-space latent for the built-in model.",
-             (Param("width", "INT", DEFAULT_SIZE, PATCH * 4, MAX_SIZE, PATCH, tooltip="Width in pixels."),
-              Param("height", "INT", DEFAULT_SIZE, PATCH * 4, MAX_SIZE, PATCH, tooltip="Height in pixels."),
+             "An empty latent for the built-in model (its autoencoder's 8 channels at 1/8 of the image size).",
+             (Param("width", "INT", DEFAULT_SIZE, MIN_SIZE, MAX_SIZE, SIZE_STEP, tooltip="Width in pixels."),
+              Param("height", "INT", DEFAULT_SIZE, MIN_SIZE, MAX_SIZE, SIZE_STEP, tooltip="Height in pixels."),
               Param("batch_size", "INT", 1, 1, 64, tooltip="Images per run.")),
              (Output("LATENT", "LATENT"),), empty_latent),
     NodeSpec("TurboSampleSamplerSelect", "TurboSample Sampler", categories.SAMPLING,
@@ -121,7 +139,7 @@ NODES: tuple[NodeSpec, ...] = (
               Param("cfg", "FLOAT", 4.0, 0.0, 30.0, 0.1, tooltip="Classifier-free guidance scale (1 = off).")),
              (Output("LATENT", "LATENT"),), sample, comfy_fn=comfy_impl.sample),
     NodeSpec("TurboSampleDecode", "TurboSample Decode", categories.BUILTIN_MODEL,
-             "Turns the built-in model's pixel-space latent into an IMAGE.",
+             "Turns the built-in model's latent into an IMAGE (its autoencoder's decoder).",
              (Param("samples", "LATENT"),), (Output("IMAGE", "IMAGE"),), decode),
 )
 

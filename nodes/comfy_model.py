@@ -31,6 +31,21 @@ def comfy_dit(dit: TinyDiT) -> ComfyTinyDiT:
     return copied
 
 
+def builtin_rgb_factors(channels: int) -> tuple[list[list[float]], list[float]]:
+    """ComfyUI preview factors for a built-in DiT taking ``channels``: identity for pixel-space weights (3), else a
+    linear fit of the built-in weights' autoencoder's decoder."""
+    from ..models.autoencoder import rgb_factors
+    from ..models.builtin import cached_autoencoder, latent_space
+
+    if channels == 3:
+        return [[float(i == j) for j in range(3)] for i in range(3)], [0.0, 0.0, 0.0]
+    space = latent_space()
+    if space.autoencoder is None or space.channels != channels:
+        raise ValueError(f"a {channels}-channel built-in DiT, but the built-in weights' latents have {space.channels}")
+    factors, bias = rgb_factors(cached_autoencoder(space.autoencoder))
+    return factors.tolist(), bias.tolist()
+
+
 def builtin_model_patcher(dit: TinyDiT, flow_shift: float):
     import comfy.latent_formats
     import comfy.model_base
@@ -38,13 +53,15 @@ def builtin_model_patcher(dit: TinyDiT, flow_shift: float):
     import comfy.model_patcher
     import comfy.supported_models_base
 
-    class BuiltinLatentFormat(comfy.latent_formats.LatentFormat):
-        """Pixel space in [-1, 1]; previews map channels straight to RGB."""
+    factors, bias = builtin_rgb_factors(dit.config.in_channels)
 
-        latent_channels = 3
+    class BuiltinLatentFormat(comfy.latent_formats.LatentFormat):
+        """The built-in model's latent space (already at unit scale); previews map channels linearly to RGB."""
+
+        latent_channels = len(factors)
         scale_factor = 1.0
-        latent_rgb_factors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
-        latent_rgb_factors_bias = [0.0, 0.0, 0.0]
+        latent_rgb_factors = factors
+        latent_rgb_factors_bias = bias
 
     class BuiltinConfig(comfy.supported_models_base.BASE):
         unet_config = {"disable_unet_model_creation": True}

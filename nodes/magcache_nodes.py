@@ -16,10 +16,11 @@ from ..accel.magcache_calibration import (
     save_calibration,
     weights_fingerprint,
 )
+from ..models.builtin import MAX_SIZE
 from ..samplers.registry import SAMPLERS
 from ..samplers.schedulers import SCHEDULERS
 from . import categories, comfy_magcache
-from .builtin_nodes import MAX_SIZE, PATCH, SEED, check_latent_size
+from .builtin_nodes import MIN_SIZE, SEED, SIZE_STEP, empty_latent
 from .spec import NodeInputError, NodeSpec, Output, Param
 from .user_files import output_path, user_dir
 
@@ -52,18 +53,16 @@ def resolve_calibration(spec: str) -> Calibration:
 def calibrate_builtin(prompt: str, negative_prompt: str, steps: int, scheduler: str, sampler_name: str, cfg: float,
                       seed: int, width: int, height: int, flow_shift: float, filename: str) -> tuple:
     """One full run of the built-in model recording the MagCache ratio curves; returns the JSON path."""
-    import torch
-
     from ..samplers.registry import get_sampler
     from ..samplers.schedulers import compute_sigmas
     from .builtin_nodes import encode_text, load_builtin_model
 
-    check_latent_size(width, height)
+    (latent,) = empty_latent(width, height, 1)
     (model,) = load_builtin_model(flow_shift)
     sigmas = compute_sigmas(model.model_sampling, scheduler, steps, 1.0)
     meta = {"prompt": prompt, "negative_prompt": negative_prompt, "scheduler": scheduler, "width": width,
             "height": height, "flow_shift": flow_shift}
-    cal = calibrate(model, encode_text(prompt)[0], encode_text(negative_prompt)[0], torch.zeros(1, 3, height, width),
+    cal = calibrate(model, encode_text(prompt)[0], encode_text(negative_prompt)[0], latent["samples"],
                     get_sampler(sampler_name), sigmas, seed, cfg, meta)
     default = f"{cal.model_id}_{scheduler}_{steps}steps_shift{flow_shift:g}_{width}x{height}"
     return (str(save_calibration(cal, output_path(calibration_dir(), filename, default, ".json"))),)
@@ -110,8 +109,8 @@ NODES: tuple[NodeSpec, ...] = (
                     tooltip="Sampler of the calibration run; euler evaluates every schedule sigma once."),
               Param("cfg", "FLOAT", 4.0, 0.0, 30.0, 0.1, tooltip="Guidance scale of the calibration run."),
               SEED,
-              Param("width", "INT", 64, PATCH * 4, MAX_SIZE, PATCH, tooltip="Width in pixels."),
-              Param("height", "INT", 64, PATCH * 4, MAX_SIZE, PATCH, tooltip="Height in pixels."),
+              Param("width", "INT", 64, MIN_SIZE, MAX_SIZE, SIZE_STEP, tooltip="Width in pixels."),
+              Param("height", "INT", 64, MIN_SIZE, MAX_SIZE, SIZE_STEP, tooltip="Height in pixels."),
               Param("flow_shift", "FLOAT", 1.0, 0.1, 20.0, 0.05, tooltip="Must match the model loader's shift."),
               Param("filename", "STRING", "", tooltip="File name in the calibration folder; empty = derived "
                                                       "from the settings.")),

@@ -97,7 +97,7 @@ compare("gaussian_eps", GaussianVE().denoise, Discrete(), eps_ms, x * eps_sigmas
 compare("gaussian_eps_3steps", GaussianVE().denoise, Discrete(), eps_ms, x * eps_sigmas[0],
         compute_sigmas(eps_ms, "karras", 3).double())
 
-# the built-in DiT (rectified flow, shift 1) with CFG 3, 16x16, a fixed random text context
+# the built-in DiT (rectified flow, shift 1) with CFG 3, a 32 px latent, a fixed random text context
 net = load_model().double()
 builtin_ms = ours.FlowSampling(1.0)
 gen = torch.Generator().manual_seed(1)
@@ -105,5 +105,6 @@ context = [[torch.randn(1, 1, net.config.text_dim, generator=gen, dtype=torch.fl
 null = [[torch.zeros(1, 1, net.config.text_dim, dtype=torch.float64), {}]]
 builtin = cfg_denoiser(DiffusionModel(net, builtin_ms), context, null, 3.0)
 compare("builtin", builtin, Flow(flow_config(1.0)), builtin_ms,
-        torch.randn(1, 3, 16, 16, generator=gen, dtype=torch.float64), compute_sigmas(builtin_ms, "simple", 6).double())
+        torch.randn(1, net.config.in_channels, 4, 4, generator=gen, dtype=torch.float64),
+        compute_sigmas(builtin_ms, "simple", 6).double())
 print(json.dumps(result))

@@ -126,7 +126,7 @@ eps_ms = ours.DiscreteSampling()
 eps_sigmas = compute_sigmas(eps_ms, "karras", 10).double()
 compare("gaussian_eps", GaussianVE().denoise, Discrete(), eps_ms, x * eps_sigmas[0], eps_sigmas)
 
-# the built-in DiT (rectified flow, shift 1) with CFG, 32x32, a fixed random text context
+# the built-in DiT (rectified flow, shift 1) with CFG, a 32 px latent, a fixed random text context
 net = load_model().double()
 builtin_ms = ours.FlowSampling(1.0)
 gen = torch.Generator().manual_seed(1)
@@ -140,5 +140,6 @@ class FlowConfig1:
 
 
 compare("builtin", builtin, Flow(FlowConfig1()), builtin_ms,
-        torch.randn(1, 3, 32, 32, generator=gen, dtype=torch.float64), compute_sigmas(builtin_ms, "simple", 8).double())
+        torch.randn(1, net.config.in_channels, 4, 4, generator=gen, dtype=torch.float64),
+        compute_sigmas(builtin_ms, "simple", 8).double())
 print(json.dumps(result))

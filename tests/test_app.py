@@ -147,7 +147,7 @@ def test_picking_a_cfg_pp_sampler_in_the_app_sets_cfg_to_one(url):
 def test_bottleneck_knobs_reach_the_sampler_round_trip_and_bad_scales_are_named(url):
     client = Client(url, verbose=False)
     knobs = dict(loop_accelerator="bottleneck", bottleneck_scales="1, 0.75, 1", bottleneck_noise="1, 0.7, 0.5",
-                 bottleneck_step_budget=0.5, steps=6, width=48, height=48)
+                 bottleneck_step_budget=0.5, steps=6, width=64, height=64)  # latent 8 -> 6 -> 8
     path = client.predict(*values(**knobs), api_name="/save_workflow")
     saved = json.loads(open(path).read())
     node = next(n for n in saved["nodes"] if n["type"] == "TurboSampleBottleneckSampler")
@@ -157,11 +157,11 @@ def test_bottleneck_knobs_reach_the_sampler_round_trip_and_bad_scales_are_named(
     assert loaded["bottleneck_step_budget"] == 0.5
     job = client.submit(*values(**knobs), api_name="/generate")
     outputs = list(job)
-    assert Image.open(outputs[-1][3]).size == (48, 48)
+    assert Image.open(outputs[-1][3]).size == (64, 64)
     # 6 steps x budget 0.5 = 3 model calls, reported on the schedule's own 6 steps: progress ends at 6/6
     steps = [o[2] for o in outputs if o[2].startswith("step ")]
     assert len(steps) == 3 and steps[-1] == "step 6/6"
-    with pytest.raises(Exception, match="is not a positive multiple of"):  # 48 x 0.3 is not whole patches
+    with pytest.raises(Exception, match="is not a positive multiple of"):  # 8 x 0.3 is not whole patches
         client.predict(*values(**{**knobs, "bottleneck_scales": "1, 0.3, 1"}), api_name="/generate")
 
 

@@ -231,7 +231,7 @@ assert all(b.attention is sdpa_attention for b in model.model.diffusion_model.bl
 import comfy.sample
 from turbosample.accel.attention import sdpa
 from turbosample.nodes.builtin_nodes import encode_text
-pos, neg, latent = encode_text("cat face")[0], encode_text("")[0], torch.zeros(1, 3, 16, 16)
+pos, neg, latent = encode_text("cat face")[0], encode_text("")[0], torch.zeros(1, 8, 4, 4)
 used = []
 model.model.diffusion_model.blocks[0].register_forward_pre_hook(lambda m, a: used.append(m.attention))
 def run(m):

@@ -13,6 +13,10 @@ from turbosample.models.train import train
 from turbosample.models.train_autoencoder import parse_args, self_rank_rate
 from turbosample.models.train_autoencoder import train as train_ae
 from turbosample.models.train_data import load_pack
+from turbosample.nodes.builtin_nodes import empty_latent
+from turbosample.nodes.pipeline import generate
+from turbosample.nodes.spec import NodeInputError
+from turbosample.nodes.txt2img import Settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL_AE = ["--channels", "32", "--latent-channels", "4", "--downsample", "8"]
@@ -67,7 +71,7 @@ def test_training_writes_an_autoencoder_with_its_record_and_a_fitted_scale(tmp_p
     assert latents.std().item() == pytest.approx(1.0, rel=1e-4)  # the scale is the training latents' std
 
 
-def test_the_dit_trains_on_latents_and_the_app_refuses_such_weights(tmp_path, pack, monkeypatch):  # noqa: F811
+def test_the_dit_trains_on_latents_and_the_app_runs_such_weights(tmp_path, pack, monkeypatch):  # noqa: F811
     ae = tmp_path / "ae.safetensors"
     save_autoencoder(Autoencoder(AutoencoderConfig(latent_channels=4, downsample=8, channels=32)), ae, {})
     for patch, grid in ((1, 8), (2, 4)):
@@ -82,11 +86,27 @@ def test_the_dit_trains_on_latents_and_the_app_refuses_such_weights(tmp_path, pa
     with pytest.raises(ValueError, match="does not divide"):
         train(train_args(["--data-pack", str(pack), "--out", str(tmp_path / "x.safetensors"), "--autoencoder",
                           str(ae), "--patch", "3", "--steps-low", "1", "--steps-mixed", "0", *TINY]))
-    cached_model.cache_clear()
-    monkeypatch.setenv("TURBOSAMPLE_BUILTIN_WEIGHTS", str(tmp_path / "lat1.safetensors"))
-    try:
-        with pytest.raises(ValueError, match="latent-space"):
-            cached_model()
-    finally:
-        cached_model.cache_clear()
+    monkeypatch.setenv("TURBOSAMPLE_BUILTIN_WEIGHTS", str(tmp_path / "lat2.safetensors"))
+    assert cached_model().config.in_channels == 4  # the variable is read at each call, never a stale model
+    (latent,) = empty_latent(32, 48, 2)
+    assert latent["samples"].shape == (2, 4, 6, 4)
+    images = generate(Settings(prompt="cat face", steps=2, width=32, height=48))
+    assert [im.size for im in images] == [(32, 48)]
+    with pytest.raises(NodeInputError, match="multiples of 16"):
+        empty_latent(40, 32, 1)
 
+
+
+def test_rgb_factors_preview_the_colour_each_latent_cell_decodes_to():
+    from turbosample.models.autoencoder import rgb_factors
+    from turbosample.models.builtin import WEIGHTS, cached_autoencoder, latent_space
+
+    ae = cached_autoencoder(latent_space(WEIGHTS).autoencoder)
+    factors, bias = rgb_factors(ae)
+    assert factors.shape == (8, 3) and bias.shape == (3,)
+    z = torch.randn(8, 8, 8, 8, generator=torch.Generator().manual_seed(123))  # not the fit's latents
+    with torch.no_grad():
+        cells = torch.nn.functional.avg_pool2d(ae.decode(z).clamp(-1, 1), 8).permute(0, 2, 3, 1)
+    preview = z.permute(0, 2, 3, 1) @ factors + bias
+    assert torch.corrcoef(torch.stack([preview.flatten(), cells.flatten()]))[0, 1] > 0.6
+    assert (preview - cells).pow(2).mean() < 0.7 * (cells - cells.mean((0, 1, 2))).pow(2).mean()

@@ -20,18 +20,18 @@ CANDIDATES = [Candidate("euler", 12, 0.25, 3, 0.5), Candidate("dpmpp_2m_dualfast
 
 @pytest.mark.parametrize("candidate", CANDIDATES, ids=lambda c: c.label())
 def test_saved_setting_runs_the_measured_image_and_round_trips(candidate):
-    from turbosample.nodes.autotune import pixel_image
+    from turbosample.nodes.autotune import builtin_image
     from turbosample.nodes.pipeline import generate
     from turbosample.tune.standalone import StandaloneBackend
 
     settings = settings_for(candidate, BASE)
     assert settings_from_api(ui_to_api(to_ui_workflow(settings))) == settings
     backend = StandaloneBackend(tune_problem(settings))
-    tuned = np.round(pixel_image(backend.run(candidate, BASE.seed)) * 255).astype(np.int16)
+    tuned = np.round(builtin_image(backend.run(candidate, BASE.seed)) * 255).astype(np.int16)
     app = np.asarray(generate(settings)[0], dtype=np.int16)
     assert np.abs(tuned - app).max() <= 1  # the workflow the app, CLI and ComfyUI run = what the tuner scored
     bare = Candidate(candidate.sampler.removesuffix("_dualfast"), candidate.steps)
-    plain = np.round(pixel_image(backend.run(bare, BASE.seed)) * 255)
+    plain = np.round(builtin_image(backend.run(bare, BASE.seed)) * 255)
     assert np.abs(plain - app).max() > 2  # ... and the accelerators really changed it
 
 
@@ -99,7 +99,7 @@ def test_node_returns_patched_model_sampler_sigmas_and_report_that_sample():
     node = NODE_BY_ID["TurboSampleAutoTune"]
     (model,) = load_builtin_model(1.0)
     inputs = {"model": model, "positive": encode_text("sunflower")[0], "negative": encode_text("")[0],
-              "latent_image": {"samples": torch.zeros(1, 3, 32, 32)}, "sampler_name": "euler",
+              "latent_image": {"samples": torch.zeros(1, 8, 4, 4)}, "sampler_name": "euler",
               "scheduler": "simple", "steps": 6, "cfg": 4.0, "seed": 1, "seeds": 1, "target_speedup": 1.5,
               "min_psnr": 0.0, "budget_runs": 3.0, "report_filename": ""}
     patched, sampler, sigmas, image = node.run(**inputs)
@@ -107,7 +107,7 @@ def test_node_returns_patched_model_sampler_sigmas_and_report_that_sample():
     (latent,) = NODE_BY_ID["TurboSampleSample"].run(model=patched, positive=inputs["positive"],
                                                     negative=inputs["negative"], sampler=sampler, sigmas=sigmas,
                                                     latent_image=inputs["latent_image"], seed=1, cfg=4.0)
-    assert latent["samples"].shape == (1, 3, 32, 32)
+    assert latent["samples"].shape == (1, 8, 4, 4)  # a 32 px image's latent
     with pytest.raises(NodeInputError, match="one target"):
         node.run(**{**inputs, "min_psnr": 30.0})
 
@@ -134,7 +134,7 @@ def test_app_find_settings_streams_the_report_applies_the_choice_and_stop_keeps_
 def test_more_prompts_give_each_tuning_seed_its_prompt():
     """``--more-prompts``: seed k runs the k-th prompt (the run's own first), every prompt gets at least one seed, and
     the backend's run on a seed is the plain sample of that seed's prompt (not the first prompt's)."""
-    from turbosample.nodes.autotune import pixel_image, seed_prompt_plan
+    from turbosample.nodes.autotune import builtin_image, seed_prompt_plan
     from turbosample.tune.standalone import StandaloneBackend
 
     assert seed_prompt_plan(BASE, 2) == {2: "red apple", 3: "red apple"}
@@ -145,10 +145,10 @@ def test_more_prompts_give_each_tuning_seed_its_prompt():
              for p in ("red apple", "rocket")}
     ref = Candidate(BASE.sampler, BASE.steps)
     for seed, prompt in ((2, "red apple"), (3, "rocket")):
-        image = pixel_image(mixed.run(ref, seed))
-        assert np.array_equal(image, pixel_image(alone[prompt].run(ref, seed)))
+        image = builtin_image(mixed.run(ref, seed))
+        assert np.array_equal(image, builtin_image(alone[prompt].run(ref, seed)))
         other = "rocket" if prompt == "red apple" else "red apple"
-        assert np.abs(image - pixel_image(alone[other].run(ref, seed))).max() > 0.1
+        assert np.abs(image - builtin_image(alone[other].run(ref, seed))).max() > 0.1
 
 
 def test_cli_tune_on_several_prompts_reports_them(tmp_path, capsys):

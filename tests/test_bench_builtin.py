@@ -124,16 +124,16 @@ def test_the_prompt_ensemble_averages_the_training_phrasings_and_keeps_the_null_
     assert out[1].abs().max() == 0
 
 
-def test_drawing_outside_the_app_matches_the_app_for_pixel_weights(monkeypatch):
-    """``--weights`` draws what the app draws for the same weights, prompt, seed and settings, so latent-space
-    weights scored that way meet the app's benchmark on equal terms."""
+def test_drawing_outside_the_app_matches_the_app(monkeypatch):
+    """``--weights`` draws what the app draws for the same weights, prompt, seed and settings, so other weights
+    scored that way meet the app's benchmark on equal terms."""
     from turbosample.models.builtin import WEIGHTS
 
     prompts = ["red apple", "cat face"]
-    app = bench_builtin.generate_batch(prompts, 4.0, 4, 32, 5)
+    app = bench_builtin.generate_batch(prompts, 4.0, 4, 64, 5)
     monkeypatch.setattr(bench_builtin, "WEIGHTS_OUTSIDE_APP", WEIGHTS)
-    outside = bench_builtin.generate_batch(prompts, 4.0, 4, 32, 5)
-    assert outside.shape == app.shape == (2, 3, 32, 32)
+    outside = bench_builtin.generate_batch(prompts, 4.0, 4, 64, 5)
+    assert outside.shape == app.shape == (2, 3, 64, 64)
     assert (outside - app).abs().max() <= 1.5 / 127.5  # the same image up to 8-bit rounding
     assert (outside[0] - outside[1]).abs().mean() > 0.05  # and the prompts are not ignored
 
@@ -160,21 +160,20 @@ def test_latent_weights_are_drawn_in_their_latent_space_and_decoded(tmp_path):
     save_autoencoder(ae, moved / "ae.safetensors", {})  # carried beside the weights
     torch.testing.assert_close(bench_builtin.draw_with_weights(moved / "dit.safetensors", emb, 64, 4.0, 3, steps=2),
                                drawn)
+    dit_path = tmp_path / "lost.safetensors"  # a new file: a path's latent space is read once
     save_weights(net, dit_path, {})  # latent weights whose record lost the autoencoder
     with pytest.raises(ValueError, match="4-channel weights without an autoencoder"):
         bench_builtin.draw_with_weights(dit_path, emb, 64, 4.0, 3, steps=2)
 
 
-def test_the_committed_latent_candidate_is_consistent_and_small():
-    """models/candidates: the latent-space weights to ship next (bench/RESULTS.md) and their autoencoder."""
-    from turbosample.models.builtin import load_model, read_metadata
+def test_the_shipped_latent_weights_are_the_three_stage_run_and_small():
+    """models/builtin_emoji.safetensors (bench/RESULTS.md, *Built-in model*) and its autoencoder beside it."""
+    from turbosample.models.builtin import WEIGHTS, cached_autoencoder, latent_space, load_model, read_metadata
 
-    folder = Path(__file__).parent.parent / "models" / "candidates"
-    dit = folder / "latent_w192d10.safetensors"
-    ae = bench_builtin.latent_autoencoder(dit)  # found beside the weights wherever the record says it was trained
-    net = load_model(dit)
+    ae = cached_autoencoder(latent_space(WEIGHTS).autoencoder)
+    net = load_model(WEIGHTS)
     assert net.config.in_channels == ae.config.latent_channels == 8 and net.config.patch_size == 2
-    assert dit.stat().st_size <= 16 * 2**20
-    record = json.loads(read_metadata(dit)["turbosample.info"])
+    assert WEIGHTS.stat().st_size <= 16 * 2**20
+    record = json.loads(read_metadata(WEIGHTS)["turbosample.info"])
     assert record["args"]["autoencoder"].endswith("ae_f8c8.safetensors")
     assert (record["init"]["steps"], record["init"]["init"]["steps"]) == (7253, 11564)  # its three stages

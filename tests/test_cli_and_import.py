@@ -42,7 +42,7 @@ def test_seeds_above_2_53_are_kept_exactly(tmp_path):
 
     assert not torch.equal(seeded_noise(2**53 + 1, (1, 4)), seeded_noise(2**53, (1, 4)))
     out = tmp_path / "big.png"
-    assert main(["generate", "--steps", "1", "--width", "16", "--height", "16", "--seed", str(2**64 - 1),
+    assert main(["generate", "--steps", "1", "--width", "32", "--height", "32", "--seed", str(2**64 - 1),
                  "--out", str(out)]) == 0
     assert settings_from_api(to_api(workflow_from_png(out))).seed == 2**64 - 1
 

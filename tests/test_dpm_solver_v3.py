@@ -216,16 +216,16 @@ def test_nodes_compute_a_file_for_the_model_and_refuse_it_for_other_weights(tmp_
     monkeypatch.setenv("TURBOSAMPLE_EMS_DIR", str(tmp_path))
     (model,) = load_builtin_model(1.0)
     (pos,), (neg,) = encode_text("red apple"), encode_text("")
-    latent = {"samples": torch.zeros(1, 3, 8, 8)}
+    latent = {"samples": torch.zeros(1, 8, 4, 4)}
     (path,) = NODE_BY_ID["TurboSampleDPMSolverV3EMS"].run(
         model=model, positive=pos, negative=neg, latent_image=latent, seed=0, cfg=2.0, batch=1, grid_points=8,
         reduce="channel", filename="apple", smooth=0.5, sb_margin=1.0)
     assert path.endswith("apple.safetensors")
     node = NODE_BY_ID["TurboSampleDPMSolverV3Sampler"]
     (info,) = node.run(model=model, ems="apple", order=2, use_corrector=True, half=False)
-    assert info.options["ems"].stat_shape == (3, 1, 1)
-    out = sample(model, pos, neg, torch.zeros(1, 3, 8, 8), info, simple(model.model_sampling, 4), seed=0, cfg=2.0)
-    assert torch.isfinite(out).all() and out.shape == (1, 3, 8, 8)
+    assert info.options["ems"].stat_shape == (8, 1, 1)  # one per latent channel
+    out = sample(model, pos, neg, torch.zeros(1, 8, 4, 4), info, simple(model.model_sampling, 4), seed=0, cfg=2.0)
+    assert torch.isfinite(out).all() and out.shape == (1, 8, 4, 4)
     other_net = dataclasses.replace(model, diffusion_model=torch.nn.Linear(2, 2))
     with pytest.raises(NodeInputError, match="statistics of model"):
         node.run(model=other_net, ems="apple", order=2, use_corrector=True, half=False)
@@ -242,7 +242,7 @@ def test_ems_node_passes_smooth_and_sb_margin_into_the_estimate_and_the_file(tmp
     (model,) = load_builtin_model(1.0)
     (pos,), (neg,) = encode_text("rocket"), encode_text("")
     node = NODE_BY_ID["TurboSampleDPMSolverV3EMS"]
-    common = dict(model=model, positive=pos, negative=neg, latent_image={"samples": torch.zeros(1, 3, 8, 8)}, seed=0,
+    common = dict(model=model, positive=pos, negative=neg, latent_image={"samples": torch.zeros(1, 8, 4, 4)}, seed=0,
                   cfg=2.0, batch=1, grid_points=8, reduce="channel")
     widgets = node.defaults()
     default = load_ems(node.run(**common, filename="default", smooth=widgets["smooth"],

@@ -367,7 +367,7 @@ def test_nodes_patch_the_builtin_model_and_refuse_foreign_calibrations(setup, tm
 
 
 def test_builtin_model_with_shipped_calibration_skips_steps():
-    """Real weights, 32x32, the shipped 28-step calibration: the skip rule fires and the image stays finite."""
+    """Real weights, 32 px, the shipped 28-step calibration: the skip rule fires and the image stays finite."""
     from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
     from turbosample.nodes.magcache_nodes import resolve_calibration
 
@@ -377,7 +377,7 @@ def test_builtin_model_with_shipped_calibration_skips_steps():
     template, curve_for = run_settings(cal, 0.25, 3, 0.2)
     sigmas = compute_sigmas(model.model_sampling, "simple", 28, 1.0)
     out = sample(magcache_model(model, template, curve_for=curve_for, record=record), encode_text("cat")[0],
-                 encode_text("")[0], torch.zeros(1, 3, 32, 32), get_sampler("euler"), sigmas, 0, 4.0)
+                 encode_text("")[0], torch.zeros(1, 8, 4, 4), get_sampler("euler"), sigmas, 0, 4.0)
     assert torch.isfinite(out).all() and skipped(record)
     assert min(skipped(record)) >= 6  # retention int(0.2 * 28 + 0.5)
 
@@ -394,7 +394,7 @@ from turbosample.nodes import comfy_impl, magcache_nodes
 from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
 
 (model,) = comfy_impl.load_builtin_model(1.0)
-pos, neg, latent = encode_text("cat face")[0], encode_text("")[0], torch.zeros(1, 3, 32, 32)
+pos, neg, latent = encode_text("cat face")[0], encode_text("")[0], torch.zeros(1, 8, 4, 4)
 rows = []
 model.model.diffusion_model.blocks[0].register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
 

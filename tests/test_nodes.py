@@ -58,24 +58,32 @@ def test_float_input_rejects_nan():
 
 def test_empty_latent_and_size_errors():
     (latent,) = empty_latent(48, 32, 2)
-    assert latent["samples"].shape == (2, 3, 32, 48)
-    with pytest.raises(NodeInputError, match="multiples of 4"):
-        empty_latent(30, 32, 1)
-    with pytest.raises(NodeInputError, match="from 16 to 256"):
+    assert latent["samples"].shape == (2, 8, 4, 6)  # the autoencoder's 8 channels at 1/8 of the image
+    with pytest.raises(NodeInputError, match="multiples of 16"):
+        empty_latent(40, 32, 1)
+    with pytest.raises(NodeInputError, match=r"from 32 to 256 pixels \(trained at 64\)"):
         empty_latent(512, 64, 1)
+    with pytest.raises(NodeInputError, match="from 32"):
+        empty_latent(16, 64, 1)
     with pytest.raises(NodeInputError, match="missing input"):
         NODE_BY_ID["TurboSampleEmptyLatent"].run(width=32)
 
 
-def test_decode_maps_pixels_and_refuses_foreign_latents():
-    x = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
-    (img,) = decode({"samples": x})
-    assert img.shape == (1, 4, 4, 3)
-    torch.testing.assert_close(img[0, 0, 0], torch.tensor([0.0, 0.5, 1.0]))
+def test_decode_runs_the_autoencoder_and_refuses_foreign_latents():
+    from turbosample.models.builtin import WEIGHTS, cached_autoencoder, latent_space
+
+    z = torch.randn(2, 8, 4, 6, generator=torch.Generator().manual_seed(0))
+    (img,) = decode({"samples": z})
+    assert img.shape == (2, 32, 48, 3)
+    with torch.no_grad():
+        expected = cached_autoencoder(latent_space(WEIGHTS).autoencoder).decode(z).clamp(-1, 1)
+    torch.testing.assert_close(img, ((expected + 1) / 2).permute(0, 2, 3, 1))
     with pytest.raises(NodeInputError, match="VAE Decode"):
         decode({"samples": torch.zeros(1, 4, 8, 8)})
+    with pytest.raises(NodeInputError, match="VAE Decode"):
+        decode({"samples": torch.zeros(1, 3, 64, 64)})  # the former pixel-space latents
     with pytest.raises(NodeInputError, match="NaN"):
-        decode({"samples": torch.full((1, 3, 4, 4), float("nan"))})
+        decode({"samples": torch.full((1, 8, 4, 4), float("nan"))})
 
 
 def test_schedule_plot_draws_each_schedule_and_rejects_bad_sigmas():
@@ -173,7 +181,6 @@ def test_gap_sampler_nodes_reduce_to_their_base_and_reject_bad_knobs():
 
 def test_gits_node_searches_a_schedule_on_the_builtin_model():
     import pytest
-    import torch
 
     from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
     from turbosample.nodes.gits_nodes import gits_sigmas
@@ -181,7 +188,7 @@ def test_gits_node_searches_a_schedule_on_the_builtin_model():
 
     (model,) = load_builtin_model(1.0)
     (pos,), (neg,) = encode_text("red apple"), encode_text("")
-    latent = {"samples": torch.zeros(1, 3, 32, 32)}
+    (latent,) = empty_latent(32, 32, 1)
     (sigmas,) = gits_sigmas(model, pos, neg, latent, seed=0, cfg=4.0, steps=4, batch=1, coeff=1.15)
     assert sigmas.shape == (5,) and float(sigmas[0]) == pytest.approx(1.0) and float(sigmas[-1]) == 0.0
     assert (sigmas[1:] < sigmas[:-1]).all()

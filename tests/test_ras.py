@@ -285,7 +285,7 @@ from turbosample.samplers.schedulers import compute_sigmas
 from turbosample.nodes.spec import NodeInputError
 torch.manual_seed(0)
 pos, neg = [[torch.randn(1, 1, 384), {}]], [[torch.zeros(1, 1, 384), {}]]
-lat = torch.zeros(1, 3, 32, 32)
+lat = torch.zeros(1, 8, 4, 4)  # the shipped weights' latent of a 32 px image
 noise = comfy.sample.prepare_noise(lat, 1)
 base = builtin_model_patcher(cached_model(), 1.0)
 def comfy_run(m):

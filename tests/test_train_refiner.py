@@ -66,8 +66,10 @@ def test_a_refiner_distilled_from_a_diffusers_transformer_learns_loads_and_sampl
 
 
 def test_bad_diffusers_inputs_are_named(tmp_path, context_file):
-    with pytest.raises(ValueError, match="needs --context"):
+    with pytest.raises(ValueError, match="needs --size"):
         train(parse_args(["--diffusers", str(tmp_path), "--out", str(tmp_path / "r.safetensors")]))
+    with pytest.raises(ValueError, match="needs --context"):
+        train(parse_args(["--diffusers", str(tmp_path), "--size", "8", "--out", str(tmp_path / "r.safetensors")]))
     with pytest.raises(ValueError, match="no config.json"):
         distil(tmp_path, context_file, tmp_path / "r.safetensors")
     tiny_flux(0).save_pretrained(tmp_path / "flux")
@@ -75,3 +77,28 @@ def test_bad_diffusers_inputs_are_named(tmp_path, context_file):
     with pytest.raises(ValueError, match="lacks pooled_projections"):
         distil(tmp_path / "flux", tmp_path / "half.safetensors", tmp_path / "r.safetensors")
     assert not (tmp_path / "r.safetensors").exists()  # nothing half-written
+
+
+def test_a_refiner_distilled_from_latent_builtin_weights_works_in_their_latent_space(tmp_path, monkeypatch):
+    """``--base`` latent weights: the refiner takes their channels and the latent side of a 64 px image."""
+    import json
+
+    from turbosample.models import train_refiner
+    from turbosample.models.autoencoder import Autoencoder, AutoencoderConfig, save_autoencoder
+    from turbosample.models.builtin import save_weights
+    from turbosample.models.dit import DiTConfig, TinyDiT
+    from turbosample.models.metadata import read_metadata
+
+    save_autoencoder(Autoencoder(AutoencoderConfig(latent_channels=4, downsample=8, channels=32)),
+                     tmp_path / "ae.safetensors", {})
+    base = tmp_path / "lat.safetensors"
+    save_weights(TinyDiT(DiTConfig(in_channels=4, patch_size=2, base_grid=4, width=32, depth=1, heads=2)), base,
+                 {"args": {"autoencoder": "ae.safetensors"}})
+    monkeypatch.setattr(train_refiner, "emoji_names", lambda _cache: ["cat face", "red apple", "rocket"])
+    out = tmp_path / "r.safetensors"
+    train(parse_args(["--base", str(base), "--out", str(out), "--batches", "2", "--traj-batch", "2",
+                      "--min-steps", "3", "--max-steps", "3", "--steps", "2", "--batch", "4"]))
+    record = json.loads(read_metadata(out)["turbosample.info"])
+    assert record["args"]["size"] == 8  # 64 px / the autoencoder's 8
+    config = json.loads(read_metadata(out)["turbosample.config"])
+    assert (config["channels"], config["patch_size"], config["width"]) == (4, 2, 32)

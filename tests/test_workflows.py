@@ -149,7 +149,7 @@ def broken(mutate):
     (lambda ui: ui["nodes"][5]["widgets_values"].append(3), "takes 3"),
     (lambda ui: ui["nodes"][5]["widgets_values"].__setitem__(1, 0), "steps must be >= 1"),
     (lambda ui: ui["nodes"][4]["widgets_values"].__setitem__(0, "nope"), "unknown value 'nope'"),
-    (lambda ui: ui["nodes"][3]["widgets_values"].__setitem__(0, 30), "multiple of 4"),
+    (lambda ui: ui["nodes"][3]["widgets_values"].__setitem__(0, 40), "multiple of 16"),
     (lambda ui: ui["links"].pop(0), "missing link"),
     (lambda ui: ui["links"][2].__setitem__(1, 5), "wants CONDITIONING but is linked to a SAMPLER"),
     (lambda ui: ui["nodes"][6]["inputs"][0].update(link=None), "input 'model' is not set"),
