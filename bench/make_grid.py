@@ -1,7 +1,7 @@
 """Picture for the README: default settings, one image per prompt, captioned.
 
     python bench/make_grid.py --out docs/samples.png
-    python bench/make_grid.py --weights FILE --out grid.png    # weights the app does not run (latent-space ones)
+    python bench/make_grid.py --weights FILE --out grid.png    # other weights, drawn outside the app
 """
 
 from __future__ import annotations

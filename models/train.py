@@ -6,7 +6,8 @@ from weights of another scale folds the ratio into the first text layer), AdamW 
 weights saved (float16 by default, the training record in the metadata); ``--grow`` deepens ``--init`` weights
 with new zero-gated blocks, so a fine-tune can add capacity without changing where it starts. Phase 1 trains at
 32x32 only; phase 2 mixes in 64x64 batches so both resolutions are learned. ``--autoencoder`` trains on the 8x8
-latents of the 64 px images instead (``models/train_autoencoder.py``; the latent recipe of bench/RESULTS.md).
+latents of the 64 px images instead (``models/train_autoencoder.py``; the shipped weights' recipe), and with
+``--latent-low-res`` the plan's 32 px steps on the 4x4 latents of the 32 px images.
 
 On a GPU the whole data set lives on the device and every random draw (images, prompt variants, CFG drop, s,
 noise) comes from one seeded generator on the device; the 32/64 px plan of all steps is drawn up front, the model
@@ -50,12 +51,12 @@ class DeviceData:
     """The training set on the device, drawn from with a device generator."""
 
     def __init__(self, data: TrainingData, device: torch.device, seed: int, tone_weight: float = 1.0,
-                 latents: torch.Tensor | None = None):
+                 latents: tuple[torch.Tensor, torch.Tensor] | None = None):
         if latents is None:
             self.high = data.images_float(device)
             self.low = F.interpolate(self.high, size=(32, 32), mode="area")
-        else:  # latent-space training: one size, whatever the 32/64 px plan says
-            self.high = self.low = latents.to(device)
+        else:  # latent space: (64 px latents, 32 px latents or the same 64 px ones again)
+            self.high, self.low = (t.to(device) for t in latents)
         self.emb = data.embeddings.to(device).float()
         self.starts, self.counts = data.starts.to(device), data.counts.to(device)
         self.gen = torch.Generator(device=device).manual_seed(seed)
@@ -157,11 +158,14 @@ def grow_depth(state: dict[str, torch.Tensor], model: TinyDiT, old_depth: int) -
     return grown
 
 
-def encoded_latents(path: str, data: TrainingData) -> torch.Tensor:
-    """The 64 px training images as unit-scale latents of the autoencoder at ``path`` (computed once, CPU)."""
+def encoded_latents(path: str, data: TrainingData, low_res: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images as unit-scale latents of the autoencoder at ``path`` (computed once, CPU): those of the
+    64 px images, and for the plan's low-resolution steps those of the 32 px images (``low_res``) or the same."""
     from .autoencoder import encode_all, load_autoencoder
 
-    return encode_all(load_autoencoder(path), data.images_float())
+    ae, images = load_autoencoder(path), data.images_float()
+    high = encode_all(ae, images)
+    return high, encode_all(ae, F.interpolate(images, size=(32, 32), mode="area")) if low_res else high
 
 
 def new_model(args: argparse.Namespace, latents: torch.Tensor | None = None) -> TinyDiT:
@@ -200,10 +204,12 @@ def train(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     start = time.time()
     data = training_data(args)
-    latents = encoded_latents(args.autoencoder, data) if args.autoencoder else None
+    if args.latent_low_res and not args.autoencoder:
+        raise ValueError("--latent-low-res needs --autoencoder")
+    latents = encoded_latents(args.autoencoder, data, args.latent_low_res) if args.autoencoder else None
     dev = DeviceData(data, device, args.seed, args.tone_weight, latents)
     print(f"{len(data.images)} images, {len(data.embeddings)} prompt variants", flush=True)
-    model = new_model(args, latents).to(device)
+    model = new_model(args, None if latents is None else latents[0]).to(device)
     ema = TinyDiT(model.config).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
@@ -251,7 +257,8 @@ def train(args: argparse.Namespace) -> dict:
             torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         seen += batch
         if i % args.log_every == 0 or i == total - 1:
-            entry = {"step": i, "size": "latent" if latents is not None else 64 if high else 32,
+            low_size = 32 if latents is None or args.latent_low_res else "latent"
+            entry = {"step": i, "size": 64 if high else low_size,
                      "loss": round(loss.item(), 4),
                      "minutes": round((time.time() - start) / 60, 2)}
             log.append(entry)
@@ -318,9 +325,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="with --init and a larger --depth: insert new zero-gated blocks between the old ones "
                          "(the grown model starts as the same function)")
     ap.add_argument("--autoencoder", default=None, metavar="FILE",
-                    help="train in the latent space of this autoencoder (models/train_autoencoder.py): every step "
-                         "uses the 64 px images' latents, so the 32/64 px plan only sets the step count; an "
-                         "ablation, the app runs pixel-space weights")
+                    help="train in the latent space of this autoencoder (models/train_autoencoder.py; the shipped "
+                         "weights use models/ae_f8c8.safetensors): every step uses the 64 px images' latents, so "
+                         "the 32/64 px plan only sets the step count, unless --latent-low-res")
+    ap.add_argument("--latent-low-res", action="store_true",
+                    help="with --autoencoder: the plan's 32 px steps train on the latents of the 32 px images "
+                         "(4x4 for a factor-8 autoencoder), so the model also draws at 32 px")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast (default: on for CUDA, off on the CPU; on a CPU with AVX512-BF16 or AMX it "

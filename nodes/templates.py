@@ -58,7 +58,7 @@ TEMPLATES: tuple[Template, ...] = (
     Template("builtin_restart", "11 Restart sampling (built-in model)",
              "Restart: noise added back and re-solved in a window, 24 steps."),
     Template("builtin_ghvb_momentum", "12 GHVB momentum (built-in model)",
-             "Heavy-ball momentum multistep sampler, 12 steps."),
+             "Heavy-ball momentum multistep sampler, 24 steps."),
     Template("builtin_time_shift", "13 Time-Shift sampler (built-in model)",
              "DPM++ 2M with Time-Shift's timestep correction, 10 steps."),
     Template("builtin_sa_solver", "14 SA-Solver (built-in model)", "Stochastic Adams solver, 16 steps."),

@@ -300,7 +300,7 @@ SHIPPED = {
                                        filename_prefix="uni_pc"),
     "builtin_restart": Settings(prompt="slice of pizza", seed=1, steps=24, sampler="restart",
                                 filename_prefix="restart"),
-    "builtin_ghvb_momentum": Settings(prompt="thumbs up sign", seed=1, steps=12, sampler="ghvb",
+    "builtin_ghvb_momentum": Settings(prompt="thumbs up sign", seed=1, steps=24, sampler="ghvb",
                                       filename_prefix="ghvb"),
     "builtin_time_shift": Settings(prompt="sunflower", seed=1, steps=10, sampler="dpmpp_2m_time_shift",
                                    filename_prefix="time_shift"),

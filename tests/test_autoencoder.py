@@ -8,8 +8,8 @@ from test_builtin_train import TINY, pack  # noqa: F401 - pack is a fixture
 
 from turbosample.models.autoencoder import Autoencoder, AutoencoderConfig, load_autoencoder, save_autoencoder
 from turbosample.models.builtin import cached_model, load_model, read_metadata
+from turbosample.models.train import DeviceData, encoded_latents, train
 from turbosample.models.train import parse_args as train_args
-from turbosample.models.train import train
 from turbosample.models.train_autoencoder import parse_args, self_rank_rate
 from turbosample.models.train_autoencoder import train as train_ae
 from turbosample.models.train_data import load_pack
@@ -83,6 +83,20 @@ def test_the_dit_trains_on_latents_and_the_app_runs_such_weights(tmp_path, pack,
         assert (model.config.in_channels, model.config.patch_size, model.config.base_grid) == (4, patch, grid)
         for weights in (out, out.with_suffix(".partial.safetensors")):  # a checkpoint names its autoencoder too
             assert json.loads(read_metadata(weights)["turbosample.info"])["args"]["autoencoder"] == str(ae)
+    low = tmp_path / "low.safetensors"
+    train(train_args(["--data-pack", str(pack), "--out", str(low), "--autoencoder", str(ae), "--patch", "2",
+                      "--latent-low-res", "--steps-low", "2", "--steps-mixed", "0", "--batch", "2", "--warmup", "1",
+                      "--log-every", "1", *TINY]))
+    record = json.loads(read_metadata(low)["turbosample.info"])
+    assert record["args"]["latent_low_res"] and load_model(low).config.base_grid == 4  # positions: the 64 px grid
+    data = load_pack(pack)
+    high, small = encoded_latents(str(ae), data, low_res=True)
+    assert high.shape[-2:] == (8, 8) and small.shape[-2:] == (4, 4)  # the 32 px images' own latents
+    device_data = DeviceData(data, torch.device("cpu"), 0, latents=(high, small))
+    assert device_data.batch(2, False, 0.0)[0].shape == (2, 4, 4, 4)
+    assert device_data.batch(2, True, 0.0)[0].shape == (2, 4, 8, 8)
+    with pytest.raises(ValueError, match="needs --autoencoder"):
+        train(train_args(["--data-pack", str(pack), "--out", str(low), "--latent-low-res", *TINY]))
     with pytest.raises(ValueError, match="does not divide"):
         train(train_args(["--data-pack", str(pack), "--out", str(tmp_path / "x.safetensors"), "--autoencoder",
                           str(ae), "--patch", "3", "--steps-low", "1", "--steps-mixed", "0", *TINY]))

@@ -304,7 +304,7 @@ def model_defaults(model: str) -> tuple[dict, str]:
 
     if model == BUILTIN:
         return ({s: Settings().to_dict()[s] for s in ("width", "height", "steps", "cfg", "flow_shift")},
-                "Built-in emoji model (64 px, pixel space).")
+                "Built-in emoji model (64 px; a DiT on the 8x8 latents of its own small autoencoder).")
     info = folder_of(model)
     return info.defaults(), describe(info)
 
