@@ -401,7 +401,7 @@ def test_autotune_node_tunes_inside_comfyui_and_its_outputs_sample(comfy):
 def test_bad_input_is_reported_by_comfyui(comfy):
     url, _ = comfy
     prompt = json.loads((ROOT / "workflows" / "api" / "builtin_txt2img.json").read_text())
-    prompt["4"]["inputs"].update(width=30)
+    prompt["4"]["inputs"].update(width=40)
     reply = http(f"{url}/prompt", {"prompt": prompt, "client_id": "turbosample-test"})
     prompt_id = reply["prompt_id"]
     for _ in range(120):
@@ -411,7 +411,7 @@ def test_bad_input_is_reported_by_comfyui(comfy):
         time.sleep(0.5)
     status = history[prompt_id]["status"]
     assert status["status_str"] == "error"
-    assert "width must be 16 plus a multiple of 4, got 30" in json.dumps(status["messages"])
+    assert "width must be 32 plus a multiple of 16, got 40" in json.dumps(status["messages"])
 
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -437,7 +437,9 @@ def frontend_page(p, url: str):
     browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=FLAGS)
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.goto(url, wait_until="domcontentloaded")
-    page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
+    # the graph exists before the node definitions arrive: a workflow loaded earlier converts to an empty prompt
+    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph"
+                           " && window.LiteGraph.registered_node_types['TurboSampleSample']", timeout=120_000)
     return browser, page
 
 
@@ -484,7 +486,8 @@ def test_comfyui_frontend_opens_every_template_as_our_api_prompt_laid_out_in_one
             ours = json.loads((ROOT / "workflows" / "api" / f"{t.slug}.json").read_text())
             problems = drawn_layout_problems(ui, drawn)
             if strip(drawn["prompt"]) != strip(ours):
-                problems.append("the frontend's prompt differs from the shipped API copy")
+                problems.append(f"the frontend's prompt differs from the shipped API copy: {strip(drawn['prompt'])} "
+                                f"!= {strip(ours)}")
             if problems:
                 failures[t.title] = problems
         browser.close()
