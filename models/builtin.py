@@ -84,12 +84,16 @@ class LatentSpace:
         return (batch, self.channels, height // self.factor, width // self.factor)
 
 
+def training_args(weights: Path) -> dict:
+    """The ``models/train.py`` arguments in the weights' training record ({} when none are recorded)."""
+    return json.loads(read_metadata(weights).get("turbosample.info", "{}")).get("args") or {}
+
+
 def autoencoder_path(weights: Path) -> Path | None:
     """The autoencoder latent-space weights were trained with (``models/train.py --autoencoder``): the file of the
     recorded name beside the weights (a name only: never a path the record points elsewhere); None for pixel
     weights."""
-    record = json.loads(read_metadata(weights).get("turbosample.info", "{}"))
-    recorded = (record.get("args") or {}).get("autoencoder")
+    recorded = training_args(weights).get("autoencoder")
     return weights.parent / Path(recorded).name if recorded else None
 
 
@@ -114,7 +118,8 @@ def _latent_space(weights: Path) -> LatentSpace:
     if int(ae_config.get("latent_channels", -1)) != channels:
         raise ValueError(f"{weights.name} takes {channels} channels but {ae.name} makes "
                          f"{ae_config.get('latent_channels')}")
-    return LatentSpace(channels, int(ae_config["downsample"]), patch, ae, (DEFAULT_SIZE,))
+    trained = (32, DEFAULT_SIZE) if training_args(weights).get("latent_low_res") else (DEFAULT_SIZE,)
+    return LatentSpace(channels, int(ae_config["downsample"]), patch, ae, trained)
 
 
 @functools.lru_cache(maxsize=2)

@@ -2,7 +2,8 @@
 
 Built from ``models/dit.py`` pieces (patch embedding, one ``DiTBlock`` with adaLN-Zero sigma conditioning,
 ``FinalLayer`` head). Input = channel concat of x_t and the velocity passed on by the previous sampler step
-(16 channels for the built-in model's 8-channel latents); output = delta v, so ``v_new = v_prev + refiner(x_t, sigma, v_prev)``
+(16 channels for the built-in model's 8-channel latents); output = delta v, so
+``v_new = v_prev + refiner(x_t, sigma, v_prev)``
 (the official ``VelocityRefinerBlock`` output is also an offset added to v). Unlike the official refiner it takes
 no text/class conditioning: the guided previous velocity already carries the prompt and the guidance, so the
 sampler needs neither the conditioning nor a second (CFG) batch half for it.

@@ -166,7 +166,7 @@ def test_latent_weights_are_drawn_in_their_latent_space_and_decoded(tmp_path):
         bench_builtin.draw_with_weights(dit_path, emb, 64, 4.0, 3, steps=2)
 
 
-def test_the_shipped_latent_weights_are_the_three_stage_run_and_small():
+def test_the_shipped_latent_weights_are_the_four_stage_run_and_small():
     """models/builtin_emoji.safetensors (bench/RESULTS.md, *Built-in model*) and its autoencoder beside it."""
     from turbosample.models.builtin import WEIGHTS, cached_autoencoder, latent_space, load_model, read_metadata
 
@@ -176,4 +176,6 @@ def test_the_shipped_latent_weights_are_the_three_stage_run_and_small():
     assert WEIGHTS.stat().st_size <= 16 * 2**20
     record = json.loads(read_metadata(WEIGHTS)["turbosample.info"])
     assert record["args"]["autoencoder"].endswith("ae_f8c8.safetensors")
-    assert (record["init"]["steps"], record["init"]["init"]["steps"]) == (7253, 11564)  # its three stages
+    stages = [record["steps"], record["init"]["steps"], record["init"]["init"]["steps"],
+              record["init"]["init"]["init"]["steps"]]
+    assert stages == [10535, 6567, 7253, 11564] and record["args"]["latent_low_res"]  # the last also at 32 px

@@ -60,7 +60,7 @@ def test_foreign_and_corrupt_files_are_refused(tmp_path):
 
 def test_the_shipped_weights_sample_in_their_autoencoders_latent_space():
     space = latent_space(WEIGHTS)
-    assert (space.channels, space.factor, space.pixel_multiple) == (8, 8, 16)
+    assert (space.channels, space.factor, space.pixel_multiple, space.trained_sizes) == (8, 8, 16, (32, 64))
     assert space.autoencoder == WEIGHTS.with_name("ae_f8c8.safetensors") and space.autoencoder.stat().st_size < 4e6
     assert space.latent_shape(2, 64, 32) == (2, 8, 8, 4)
     images = to_pixels(torch.randn(2, 8, 8, 4), WEIGHTS)

@@ -61,7 +61,7 @@ def test_empty_latent_and_size_errors():
     assert latent["samples"].shape == (2, 8, 4, 6)  # the autoencoder's 8 channels at 1/8 of the image
     with pytest.raises(NodeInputError, match="multiples of 16"):
         empty_latent(40, 32, 1)
-    with pytest.raises(NodeInputError, match=r"from 32 to 256 pixels \(trained at 64\)"):
+    with pytest.raises(NodeInputError, match=r"from 32 to 256 pixels \(trained at 32 and 64\)"):
         empty_latent(512, 64, 1)
     with pytest.raises(NodeInputError, match="from 32"):
         empty_latent(16, 64, 1)
