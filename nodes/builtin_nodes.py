@@ -14,6 +14,7 @@ from .spec import NodeInputError, NodeSpec, Output, Param
 
 SIZE_STEP = 16  # one token of the shipped weights (8 px latent cells, patch 2); pixel weights take multiples of 4
 MIN_SIZE = 32
+SIZE_TIP = "{} in pixels; the built-in model was trained at 64 and 32 (other sizes draw poorly)."
 
 
 def load_builtin_model(flow_shift: float, device: str = "cpu", dtype: str = "fp32", offload: bool = False) -> tuple:
@@ -116,8 +117,8 @@ NODES: tuple[NodeSpec, ...] = (
              (Output("CONDITIONING", "CONDITIONING"),), encode_text),
     NodeSpec("TurboSampleEmptyLatent", "TurboSample Empty Latent", categories.BUILTIN_MODEL,
              "An empty latent for the built-in model (its autoencoder's 8 channels at 1/8 of the image size).",
-             (Param("width", "INT", DEFAULT_SIZE, MIN_SIZE, MAX_SIZE, SIZE_STEP, tooltip="Width in pixels."),
-              Param("height", "INT", DEFAULT_SIZE, MIN_SIZE, MAX_SIZE, SIZE_STEP, tooltip="Height in pixels."),
+             (Param("width", "INT", DEFAULT_SIZE, MIN_SIZE, MAX_SIZE, SIZE_STEP, tooltip=SIZE_TIP.format("Width")),
+              Param("height", "INT", DEFAULT_SIZE, MIN_SIZE, MAX_SIZE, SIZE_STEP, tooltip=SIZE_TIP.format("Height")),
               Param("batch_size", "INT", 1, 1, 64, tooltip="Images per run.")),
              (Output("LATENT", "LATENT"),), empty_latent),
     NodeSpec("TurboSampleSamplerSelect", "TurboSample Sampler", categories.SAMPLING,
