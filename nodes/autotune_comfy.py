@@ -49,12 +49,13 @@ class ComfyBackend:
     def is_builtin(self) -> bool:
         from ..accel.adapter import UnsupportedModel, transformer_parts
         from ..accel.comfy_native import is_native
+        from .autotune_model import is_builtin_latent
 
         dm = self.diffusion_model()
         if is_native(dm):
             return False
         try:
-            return transformer_parts(dm).name == "turbosample TinyDiT" and self.latent.shape[1] == 3
+            return transformer_parts(dm).name == "turbosample TinyDiT" and is_builtin_latent(self.latent)
         except UnsupportedModel:
             return False
 
@@ -166,7 +167,9 @@ class ComfyBackend:
 
     def to_array(self, latent: torch.Tensor):
         if self.images:
-            return ((latent[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+            from .autotune_model import builtin_image
+
+            return builtin_image(latent)
         return latent.numpy()
 
 

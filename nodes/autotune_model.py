@@ -23,3 +23,10 @@ def builtin_image(latent):
     from .builtin_nodes import latent_to_image
 
     return latent_to_image(latent[:1])[0].numpy()
+
+
+def is_builtin_latent(latent) -> bool:
+    """Whether ``latent`` is shaped like the built-in weights' latents (so its images can be decoded)."""
+    from ..models.builtin import latent_space
+
+    return latent.ndim == 4 and latent.shape[1] == latent_space().channels

@@ -30,16 +30,16 @@ def autotune(model, positive, negative, latent_image, sampler_name: str, schedul
     from ..tune.search import tune
     from ..tune.space import sampler_info
     from ..tune.standalone import StandaloneBackend, TuneProblem
-    from .autotune_model import builtin_calibration, builtin_image
+    from .autotune_model import builtin_calibration, builtin_image, is_builtin_latent
 
     if not isinstance(model, DiffusionModel):
         raise NodeInputError("TurboSample Auto-Tune outside ComfyUI takes the built-in model (a DiffusionModel)")
     target = target_of(target_speedup, min_psnr)
     latent = latent_image["samples"]
-    pixel = latent.ndim == 4 and latent.shape[1] == 3 and model.name == MODEL_ID
+    builtin = model.name == MODEL_ID and is_builtin_latent(latent)
     calibration = builtin_calibration(model)[0] if model.name == MODEL_ID else None
     problem = TuneProblem(model, positive, negative, (1, *latent.shape[1:]), cfg, sampler_name, steps, scheduler,
-                          to_image=builtin_image if pixel else None, magcache_calibration=calibration)
+                          to_image=builtin_image if builtin else None, magcache_calibration=calibration)
     backend = StandaloneBackend(problem)
     result = tune(backend, target, Budget(runs=budget_runs), SearchSpace(), seeds_from(seed, seeds), cancel)
     write_node_report(result, report_filename)

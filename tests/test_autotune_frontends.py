@@ -161,3 +161,33 @@ def test_cli_tune_on_several_prompts_reports_them(tmp_path, capsys):
     assert data["seeds"] == [0, 1]  # one seed per prompt even with --seeds 1
     assert "seed 0: 'rocket'; seed 1: 'cat face'" in " ".join(data["notes"])
     assert data["reference_settings"]["prompt"] == "rocket"
+
+
+def test_node_scores_the_builtin_model_on_decoded_images_and_other_latents_on_themselves(monkeypatch):
+    """The built-in model's latents (8 channels) are decoded for PSNR; a latent of another shape is scored as is."""
+    import torch
+
+    from turbosample.nodes.autotune_model import is_builtin_latent
+    from turbosample.nodes.autotune_nodes import autotune
+    from turbosample.nodes.builtin_nodes import encode_text, load_builtin_model
+    from turbosample.tune import standalone
+
+    assert is_builtin_latent(torch.zeros(1, 8, 4, 4)) and not is_builtin_latent(torch.zeros(1, 3, 32, 32))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(problem):
+        seen.append(problem)
+        raise Stop
+
+    monkeypatch.setattr(standalone, "StandaloneBackend", capture)
+    (model,) = load_builtin_model(1.0)
+    args = dict(model=model, positive=encode_text("sunflower")[0], negative=encode_text("")[0], sampler_name="euler",
+                scheduler="simple", steps=4, cfg=4.0, seed=1, seeds=1, target_speedup=1.5, min_psnr=0.0,
+                budget_runs=2.0, report_filename="")
+    with pytest.raises(Stop):
+        autotune(latent_image={"samples": torch.zeros(1, 8, 4, 4)}, **args)
+    image = seen[-1].to_image(torch.zeros(1, 8, 4, 4))
+    assert image.shape == (32, 32, 3) and 0 <= image.min() and image.max() <= 1
