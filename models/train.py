@@ -244,6 +244,7 @@ def train(args: argparse.Namespace) -> dict:
         print(json.dumps({"timing_s_per_step": {k: round(v, 5) for k, v in timing.items()},
                           "steps_low": args.steps_low, "steps_mixed": args.steps_mixed}), flush=True)
     plan = size_plan(args.steps_low, args.steps_mixed, args.p_high, args.seed).tolist()
+    low_size = 32 if latents is None or args.latent_low_res else "latent"  # what a low-resolution step logs as
     total, seen, log = len(plan), 0, []
     model_params, ema_params = list(model.parameters()), list(ema.parameters())
     loop_start = time.time()
@@ -257,9 +258,7 @@ def train(args: argparse.Namespace) -> dict:
             torch._foreach_lerp_(ema_params, model_params, 1 - decay)
         seen += batch
         if i % args.log_every == 0 or i == total - 1:
-            low_size = 32 if latents is None or args.latent_low_res else "latent"
-            entry = {"step": i, "size": 64 if high else low_size,
-                     "loss": round(loss.item(), 4),
+            entry = {"step": i, "size": 64 if high else low_size, "loss": round(loss.item(), 4),
                      "minutes": round((time.time() - start) / 60, 2)}
             log.append(entry)
             print(json.dumps(entry), flush=True)
